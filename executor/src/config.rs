@@ -1,0 +1,108 @@
+//! The executor's configuration: flags with `TAREFA_*` environment fallbacks.
+
+use std::time::Duration;
+
+/// Everything the executor can be told.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Config {
+    /// Redis holding the tasks.
+    #[arg(
+        long,
+        env = "TAREFA_REDIS_URL",
+        default_value = "redis://127.0.0.1:6379"
+    )]
+    pub redis_url: String,
+    /// Prefix of every Redis key (must match the scheduler's).
+    #[arg(long, env = "TAREFA_NAMESPACE", default_value = "tarefa")]
+    pub namespace: String,
+    /// Queues to take tasks from, comma-separated.
+    #[arg(
+        long,
+        env = "TAREFA_QUEUES",
+        default_value = "default",
+        value_delimiter = ','
+    )]
+    pub queues: Vec<String>,
+    /// Most tasks run at once by this executor.
+    #[arg(long, env = "TAREFA_CONCURRENCY", default_value_t = 16)]
+    pub concurrency: usize,
+    /// This executor's name in the consumer group; default `<host>-<pid>-<random>`.
+    #[arg(long, env = "TAREFA_EXECUTOR_ID")]
+    pub executor_id: Option<String>,
+    /// How long a claimed task is held without a heartbeat before another executor may take
+    /// it back (ms). Heartbeats renew it every third of this (at most every 500 ms).
+    #[arg(long, env = "TAREFA_LEASE_MS", default_value_t = 30_000)]
+    pub lease_ms: u64,
+    /// Deliveries without an outcome (executor crashes) before a task is DEAD as poison.
+    #[arg(long, env = "TAREFA_MAX_DELIVERIES", default_value_t = 5)]
+    pub max_deliveries: u32,
+    /// Most entries read from Redis at once.
+    #[arg(long, env = "TAREFA_READ_BATCH", default_value_t = 128)]
+    pub read_batch: usize,
+    /// Longest a read waits for new tasks (ms); also how fast a pause or stop is noticed.
+    #[arg(long, env = "TAREFA_BLOCK_MS", default_value_t = 1000)]
+    pub block_ms: u64,
+    /// Longest a Redis call may take before it counts as an outage (ms).
+    #[arg(long, env = "TAREFA_REDIS_TIMEOUT_MS", default_value_t = 2000)]
+    pub redis_timeout_ms: u64,
+    /// How long in-flight tasks may take to finish after SIGTERM (s); the rest are left to
+    /// be reclaimed by other executors.
+    #[arg(long, env = "TAREFA_SHUTDOWN_GRACE_SECS", default_value_t = 30)]
+    pub shutdown_grace_secs: u64,
+    /// How often the reconciler pass runs (ms).
+    #[arg(long, env = "TAREFA_RECONCILE_INTERVAL_MS", default_value_t = 15_000)]
+    pub reconcile_interval_ms: u64,
+    /// How long DEAD tasks are kept (s).
+    #[arg(long, env = "TAREFA_DEAD_TTL_SECS", default_value_t = 7 * 24 * 3600)]
+    pub dead_ttl_secs: u64,
+    /// Address for /metrics and /healthz, or "off".
+    #[arg(long, env = "TAREFA_METRICS_LISTEN", default_value = "off")]
+    pub metrics_listen: String,
+    /// Also register the `crash` demo handler, which aborts the executor process. For fault
+    /// tests and demos of poison-task handling only.
+    #[arg(long, env = "TAREFA_ENABLE_CRASH_HANDLER", default_value_t = false)]
+    pub enable_crash_handler: bool,
+}
+
+impl Config {
+    /// Defaults against `redis_url`, serving `default`.
+    pub fn for_redis(redis_url: &str) -> Self {
+        Self {
+            redis_url: redis_url.to_owned(),
+            namespace: "tarefa".to_owned(),
+            queues: vec!["default".to_owned()],
+            concurrency: 16,
+            executor_id: None,
+            lease_ms: 30_000,
+            max_deliveries: 5,
+            read_batch: 128,
+            block_ms: 1000,
+            redis_timeout_ms: 2000,
+            shutdown_grace_secs: 30,
+            reconcile_interval_ms: 15_000,
+            dead_ttl_secs: 7 * 24 * 3600,
+            metrics_listen: "off".to_owned(),
+            enable_crash_handler: false,
+        }
+    }
+
+    /// The lease.
+    pub fn lease(&self) -> Duration {
+        Duration::from_millis(self.lease_ms.max(100))
+    }
+
+    /// The heartbeat interval: a third of the lease, at most 500 ms (so cancellations and
+    /// pauses are seen within a second).
+    pub fn heartbeat_interval(&self) -> Duration {
+        (self.lease() / 3).min(Duration::from_millis(500))
+    }
+
+    /// The queue layer's configuration.
+    pub fn broker_config(&self) -> tarefa_queue::BrokerConfig {
+        let mut broker = tarefa_queue::BrokerConfig::new(&self.redis_url);
+        broker.namespace = self.namespace.clone();
+        broker.command_timeout = Duration::from_millis(self.redis_timeout_ms.max(1));
+        broker.dead_ttl = Duration::from_secs(self.dead_ttl_secs.max(1));
+        broker
+    }
+}

@@ -1,0 +1,17 @@
+-- Requeues a DEAD or CANCELLED task from attempt 1. ARGV: task id.
+-- Returns the state before the call ('' when the task does not exist).
+local id = ARGV[1]
+local key = record_key(id)
+local state = redis.call('HGET', key, 'state')
+if not state then return '' end
+if state == S_DEAD or state == S_CANCELLED then
+  local now = now_ms()
+  redis.call('ZREM', DEAD, id)
+  redis.call('ZREM', DONE, id)
+  redis.call('HSET', key, 'att', 0, 'dlv', 0)
+  redis.call('HDEL', key, 'ftime', 'cancel', 'res', 'stime', 'exec', 'prog', 'pmsg')
+  redis.call('PERSIST', key)
+  redis.call('PERSIST', errors_key(id))
+  enqueue(id, key, now)
+end
+return state

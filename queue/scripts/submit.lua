@@ -1,0 +1,63 @@
+-- Enqueues a batch of tasks into one queue.
+-- ARGV: idempotency window (ms), then 13 values per task:
+--   id, type, payload, content type, run_at (ms, 0 = now), max attempts, backoff,
+--   timeout (ms), result ttl (ms), priority, headers (JSON), traceparent, idempotency key.
+-- Returns, per task: the task id (the earlier one when deduplicated) and 1 if deduplicated.
+local window = tonumber(ARGV[1])
+local per_task = 13
+local n = (#ARGV - 1) / per_task
+local now = now_ms()
+local out = {}
+local created = 0
+for i = 0, n - 1 do
+  local o = 1 + i * per_task
+  local id = ARGV[o + 1]
+  local idem = ARGV[o + 13]
+  local previous = false
+  if idem ~= '' then
+    local ikey = base .. 'i:' .. idem
+    previous = redis.call('GET', ikey)
+    if not previous then
+      redis.call('SET', ikey, id, 'PX', window)
+    end
+  end
+  if previous then
+    out[#out + 1] = previous
+    out[#out + 1] = 1
+  else
+    local key = record_key(id)
+    local run_at = tonumber(ARGV[o + 5])
+    local fields = {'type', ARGV[o + 2], 'payload', ARGV[o + 3], 'att', 0,
+      'max', ARGV[o + 6], 'tmo', ARGV[o + 8], 'ttl', ARGV[o + 9], 'ctime', now}
+    local function optional(name, value)
+      if value ~= '' and value ~= '0' then
+        fields[#fields + 1] = name
+        fields[#fields + 1] = value
+      end
+    end
+    optional('ct', ARGV[o + 4])
+    optional('bo', ARGV[o + 7])
+    optional('prio', ARGV[o + 10])
+    optional('hdr', ARGV[o + 11])
+    optional('tp', ARGV[o + 12])
+    optional('idem', idem)
+    if run_at > now then
+      fields[#fields + 1] = 'state'
+      fields[#fields + 1] = S_SCHEDULED
+      fields[#fields + 1] = 'rtime'
+      fields[#fields + 1] = run_at
+      redis.call('HSET', key, unpack(fields))
+      redis.call('ZADD', SCHEDULED, run_at, id)
+    else
+      redis.call('HSET', key, unpack(fields))
+      enqueue(id, key, now)
+    end
+    created = created + 1
+    out[#out + 1] = id
+    out[#out + 1] = 0
+  end
+end
+if created > 0 then
+  redis.call('HINCRBY', STATS, 'submitted', created)
+end
+return out

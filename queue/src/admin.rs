@@ -1,0 +1,443 @@
+//! The operator's and producer's reads and controls: get, cancel, retry, list, queue stats,
+//! pause, resume, purge.
+
+use std::collections::HashMap;
+
+use redis::Value;
+
+use crate::broker::Broker;
+use crate::keys::{DEAD, DONE, LEASES, PAUSED, RETRYING, SCHEDULED, STREAM};
+use crate::task::{AttemptError, TaskId, TaskRecord, TaskState};
+use crate::{Error, Result};
+
+/// One queue's counts.
+#[derive(Debug, Clone, Default)]
+pub struct QueueStats {
+    /// The queue.
+    pub name: String,
+    /// Waiting in the stream, not yet delivered.
+    pub queued: u64,
+    /// RUNNING under a lease.
+    pub running: u64,
+    /// SCHEDULED (waiting for a time).
+    pub scheduled: u64,
+    /// RETRYING (waiting for a backoff).
+    pub retrying: u64,
+    /// DEAD, kept.
+    pub dead: u64,
+    /// Submitted since creation.
+    pub submitted_total: u64,
+    /// Succeeded since creation.
+    pub succeeded_total: u64,
+    /// Failed attempts since creation.
+    pub failed_total: u64,
+    /// Went DEAD since creation.
+    pub dead_total: u64,
+    /// Paused by an operator.
+    pub paused: bool,
+    /// Age of the oldest undelivered task (ms).
+    pub oldest_waiting_ms: u64,
+    /// Executors that heartbeat on this queue.
+    pub executors: Vec<ExecutorInfo>,
+    /// Succeeded per minute over the last hour, oldest first (the last is the current minute).
+    pub succeeded_per_minute: Vec<u64>,
+    /// Failed attempts per minute over the last hour, oldest first.
+    pub failed_per_minute: Vec<u64>,
+    /// Succeeded in the last 60 s (the current minute plus a share of the previous one).
+    pub succeeded_last_minute: u64,
+    /// Failed attempts in the last 60 s.
+    pub failed_last_minute: u64,
+}
+
+/// An executor as its last heartbeat described it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExecutorInfo {
+    /// Its consumer name.
+    pub id: String,
+    /// Its host.
+    pub host: String,
+    /// Tasks it ran at the heartbeat.
+    pub in_flight: u32,
+    /// When (Unix ms).
+    pub last_seen_ms: u64,
+}
+
+/// A page of tasks.
+#[derive(Debug, Clone, Default)]
+pub struct ListPage {
+    /// The tasks, newest first.
+    pub tasks: Vec<TaskRecord>,
+    /// The offset to continue from, if there is more.
+    pub next_offset: Option<u64>,
+}
+
+impl Broker {
+    /// Reads a task, or `None` when it does not exist.
+    pub async fn task(&self, id: &TaskId) -> Result<Option<TaskRecord>> {
+        let mut con = self.con.clone();
+        let (fields, errors): (HashMap<String, Vec<u8>>, Vec<String>) = self
+            .timed(
+                redis::pipe()
+                    .cmd("HGETALL")
+                    .arg(self.keys.record(id.queue(), id.local()))
+                    .cmd("LRANGE")
+                    .arg(self.keys.errors(id.queue(), id.local()))
+                    .arg(0)
+                    .arg(-1)
+                    .query_async(&mut con),
+            )
+            .await?;
+        if fields.is_empty() {
+            return Ok(None);
+        }
+        record_from_fields(id.clone(), fields, errors).map(Some)
+    }
+
+    /// Reads many tasks of one queue in one round trip; missing ones are left out.
+    pub async fn tasks(&self, queue: &str, locals: &[String]) -> Result<Vec<TaskRecord>> {
+        if locals.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for local in locals {
+            pipe.cmd("HGETALL").arg(self.keys.record(queue, local));
+            pipe.cmd("LRANGE")
+                .arg(self.keys.errors(queue, local))
+                .arg(0)
+                .arg(-1);
+        }
+        let mut con = self.con.clone();
+        let replies: Vec<Value> = self.timed(pipe.query_async(&mut con)).await?;
+        let mut out = Vec::with_capacity(locals.len());
+        for (local, pair) in locals.iter().zip(replies.chunks(2)) {
+            let fields: HashMap<String, Vec<u8>> = redis::from_redis_value_ref(&pair[0])?;
+            if fields.is_empty() {
+                continue;
+            }
+            let errors: Vec<String> = redis::from_redis_value_ref(&pair[1])?;
+            out.push(record_from_fields(
+                TaskId::from_parts(queue, local),
+                fields,
+                errors,
+            )?);
+        }
+        Ok(out)
+    }
+
+    /// Cancels a task: see `CancelTask` in the proto. Returns the task afterwards.
+    pub async fn cancel(&self, id: &TaskId) -> Result<TaskRecord> {
+        let before = self.run_on_task(&self.scripts.cancel, id).await?;
+        if before.is_final() {
+            return Err(Error::FailedPrecondition(format!(
+                "task {id} is already {before} and cannot be cancelled"
+            )));
+        }
+        self.task(id)
+            .await?
+            .ok_or_else(|| Error::NotFound(id.to_string()))
+    }
+
+    /// Requeues a DEAD or CANCELLED task from attempt 1. Returns the task afterwards.
+    pub async fn retry(&self, id: &TaskId) -> Result<TaskRecord> {
+        let before = self.run_on_task(&self.scripts.retry, id).await?;
+        if !matches!(before, TaskState::Dead | TaskState::Cancelled) {
+            return Err(Error::FailedPrecondition(format!(
+                "task {id} is {before}; only DEAD or CANCELLED tasks can be retried"
+            )));
+        }
+        self.task(id)
+            .await?
+            .ok_or_else(|| Error::NotFound(id.to_string()))
+    }
+
+    async fn run_on_task(&self, script: &redis::Script, id: &TaskId) -> Result<TaskState> {
+        let mut con = self.con.clone();
+        let mut invocation = script.key(self.keys.queue_prefix(id.queue()));
+        invocation.arg(id.local());
+        let before: String = self.timed(invocation.invoke_async(&mut con)).await?;
+        if before.is_empty() {
+            return Err(Error::NotFound(id.to_string()));
+        }
+        before
+            .parse()
+            .ok()
+            .and_then(TaskState::from_code)
+            .ok_or_else(|| Error::Corrupt(format!("task {id} has state {before:?}")))
+    }
+
+    /// Every queue ever used, sorted.
+    pub async fn queue_names(&self) -> Result<Vec<String>> {
+        let mut con = self.con.clone();
+        let mut names: Vec<String> = self
+            .timed(
+                redis::cmd("SMEMBERS")
+                    .arg(self.keys.queues_set())
+                    .query_async(&mut con),
+            )
+            .await?;
+        names.sort();
+        Ok(names)
+    }
+
+    /// One queue's counts.
+    pub async fn queue_stats(&self, queue: &str) -> Result<QueueStats> {
+        let mut con = self.con.clone();
+        let invocation = self.scripts.stats.key(self.keys.queue_prefix(queue));
+        let reply: Vec<Value> = self.timed(invocation.invoke_async(&mut con)).await?;
+        if reply.len() < 13 {
+            return Err(Error::Corrupt(format!(
+                "stats script returned {} values",
+                reply.len()
+            )));
+        }
+        let count = |i: usize| -> Result<u64> { Ok(redis::from_redis_value_ref(&reply[i])?) };
+        let (length, pending, oldest, running, scheduled, retrying, dead, paused) = (
+            count(0)?,
+            count(1)?,
+            count(2)?,
+            count(3)?,
+            count(4)?,
+            count(5)?,
+            count(6)?,
+            count(7)?,
+        );
+        let stats: HashMap<String, u64> = redis::from_redis_value_ref(&reply[8])?;
+        let executors: HashMap<String, String> = redis::from_redis_value_ref(&reply[9])?;
+        let succeeded: Vec<u64> = redis::from_redis_value_ref(&reply[10])?;
+        let failed: Vec<u64> = redis::from_redis_value_ref(&reply[11])?;
+        let ms_into_minute = count(12)?;
+        let last_minute = |series: &[u64]| -> u64 {
+            let current = series.last().copied().unwrap_or(0);
+            let previous = series.iter().rev().nth(1).copied().unwrap_or(0);
+            let share = (60_000 - ms_into_minute.min(60_000)) as f64 / 60_000.0;
+            current + (previous as f64 * share).round() as u64
+        };
+        let mut executors: Vec<ExecutorInfo> = executors
+            .into_iter()
+            .map(|(id, beat)| {
+                let mut parts = beat.splitn(3, '|');
+                let last_seen_ms = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+                let host = parts.next().unwrap_or("").to_owned();
+                let in_flight = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+                ExecutorInfo {
+                    id,
+                    host,
+                    in_flight,
+                    last_seen_ms,
+                }
+            })
+            .collect();
+        executors.sort_by(|a, b| a.id.cmp(&b.id));
+        let stat = |name: &str| stats.get(name).copied().unwrap_or(0);
+        Ok(QueueStats {
+            name: queue.to_owned(),
+            queued: length.saturating_sub(pending),
+            running,
+            scheduled,
+            retrying,
+            dead,
+            submitted_total: stat("submitted"),
+            succeeded_total: stat("succeeded"),
+            failed_total: stat("failed"),
+            dead_total: stat("dead"),
+            paused: paused == 1,
+            oldest_waiting_ms: oldest,
+            executors,
+            succeeded_last_minute: last_minute(&succeeded),
+            failed_last_minute: last_minute(&failed),
+            succeeded_per_minute: succeeded,
+            failed_per_minute: failed,
+        })
+    }
+
+    /// Pauses or resumes a queue (executors check at every heartbeat).
+    pub async fn set_paused(&self, queue: &str, paused: bool) -> Result<()> {
+        let mut con = self.con.clone();
+        let key = self.keys.queue_key(queue, PAUSED);
+        let command = if paused {
+            redis::cmd("SET").arg(key).arg(1).clone()
+        } else {
+            redis::cmd("DEL").arg(key).clone()
+        };
+        self.timed(command.query_async::<()>(&mut con)).await?;
+        let mut con = self.con.clone();
+        self.timed(
+            redis::cmd("SADD")
+                .arg(self.keys.queues_set())
+                .arg(queue)
+                .query_async::<i64>(&mut con),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Deletes every DEAD task of `queue`; returns how many.
+    pub async fn purge_dead(&self, queue: &str) -> Result<u64> {
+        let mut total = 0;
+        loop {
+            let mut con = self.con.clone();
+            let mut invocation = self.scripts.purge.key(self.keys.queue_prefix(queue));
+            invocation.arg(1000);
+            let n: u64 = self.timed(invocation.invoke_async(&mut con)).await?;
+            total += n;
+            if n < 1000 {
+                return Ok(total);
+            }
+        }
+    }
+
+    /// Lists a queue's tasks in `state`, newest first, optionally of one type, from `offset`.
+    pub async fn list_tasks(
+        &self,
+        queue: &str,
+        state: TaskState,
+        task_type: Option<&str>,
+        offset: u64,
+        limit: u64,
+    ) -> Result<ListPage> {
+        // Read candidates in windows from the state's index and filter by the record's state
+        // (an index may briefly hold a task that just moved on) and by type.
+        let mut page = ListPage::default();
+        let mut position = offset;
+        let window = (limit * 2).clamp(50, 1000);
+        let max_scanned = offset + limit * 20 + 1000;
+        while position < max_scanned {
+            let locals = self.index_window(queue, state, position, window).await?;
+            let scanned = locals.len() as u64;
+            if scanned == 0 {
+                return Ok(page);
+            }
+            let records = self.tasks(queue, &locals).await?;
+            let mut by_local: HashMap<String, TaskRecord> = records
+                .into_iter()
+                .map(|r| (r.id.local().to_owned(), r))
+                .collect();
+            for (i, local) in locals.iter().enumerate() {
+                let Some(record) = by_local.remove(local) else {
+                    continue;
+                };
+                if record.state != state || task_type.is_some_and(|t| t != record.task_type) {
+                    continue;
+                }
+                page.tasks.push(record);
+                if page.tasks.len() as u64 == limit {
+                    page.next_offset = Some(position + i as u64 + 1);
+                    return Ok(page);
+                }
+            }
+            position += scanned;
+            if scanned < window {
+                return Ok(page);
+            }
+        }
+        page.next_offset = Some(position);
+        Ok(page)
+    }
+
+    async fn index_window(
+        &self,
+        queue: &str,
+        state: TaskState,
+        offset: u64,
+        count: u64,
+    ) -> Result<Vec<String>> {
+        let mut con = self.con.clone();
+        let sorted_set = |part: &str| {
+            redis::cmd("ZRANGE")
+                .arg(self.keys.queue_key(queue, part))
+                .arg(offset)
+                .arg(offset + count - 1)
+                .arg("REV")
+                .clone()
+        };
+        let command = match state {
+            TaskState::Queued => {
+                let entries: Vec<(String, HashMap<String, String>)> = self
+                    .timed(
+                        redis::cmd("XREVRANGE")
+                            .arg(self.keys.queue_key(queue, STREAM))
+                            .arg("+")
+                            .arg("-")
+                            .arg("COUNT")
+                            .arg(offset + count)
+                            .query_async(&mut con),
+                    )
+                    .await?;
+                return Ok(entries
+                    .into_iter()
+                    .skip(offset as usize)
+                    .filter_map(|(_, mut fields)| fields.remove("id"))
+                    .collect());
+            }
+            TaskState::Running => sorted_set(LEASES),
+            TaskState::Scheduled => sorted_set(SCHEDULED),
+            TaskState::Retrying => sorted_set(RETRYING),
+            TaskState::Dead => sorted_set(DEAD),
+            TaskState::Succeeded | TaskState::Cancelled => sorted_set(DONE),
+        };
+        self.timed(command.query_async(&mut con)).await
+    }
+}
+
+fn record_from_fields(
+    id: TaskId,
+    mut fields: HashMap<String, Vec<u8>>,
+    errors: Vec<String>,
+) -> Result<TaskRecord> {
+    let payload = fields.remove("payload").unwrap_or_default();
+    let result = fields.remove("res").unwrap_or_default();
+    let mut text = |name: &str| {
+        fields
+            .remove(name)
+            .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+            .unwrap_or_default()
+    };
+    let state_text = text("state");
+    let state = state_text
+        .parse()
+        .ok()
+        .and_then(TaskState::from_code)
+        .ok_or_else(|| Error::Corrupt(format!("task {id} has state {state_text:?}")))?;
+    let number = |s: String| s.parse::<u64>().unwrap_or(0);
+    let headers = text("hdr");
+    let errors = errors
+        .into_iter()
+        .map(|line| {
+            let mut parts = line.splitn(3, '|');
+            AttemptError {
+                attempt: parts.next().and_then(|p| p.parse().ok()).unwrap_or(0),
+                at_ms: parts.next().and_then(|p| p.parse().ok()).unwrap_or(0),
+                message: parts.next().unwrap_or("").to_owned(),
+            }
+        })
+        .collect();
+    Ok(TaskRecord {
+        task_type: text("type"),
+        state,
+        attempt: number(text("att")) as u32,
+        max_attempts: number(text("max")) as u32,
+        content_type: text("ct"),
+        last_error: text("err"),
+        errors,
+        created_at_ms: number(text("ctime")),
+        run_at_ms: number(text("rtime")),
+        started_at_ms: number(text("stime")),
+        finished_at_ms: number(text("ftime")),
+        traceparent: text("tp"),
+        headers: if headers.is_empty() {
+            HashMap::new()
+        } else {
+            serde_json::from_str(&headers).unwrap_or_default()
+        },
+        progress: text("prog").parse().unwrap_or(0.0),
+        progress_message: text("pmsg"),
+        idempotency_key: text("idem"),
+        executor_id: text("exec"),
+        priority: text("prio").parse().unwrap_or(0),
+        timeout_ms: number(text("tmo")),
+        cancel_requested: text("cancel") == "1",
+        payload,
+        result,
+        id,
+    })
+}

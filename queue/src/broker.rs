@@ -1,0 +1,166 @@
+//! The [`Broker`]: one shared, reconnecting Redis connection plus the key layout and scripts.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+use crate::keys::Keys;
+use crate::scripts::Scripts;
+use crate::{Error, Result};
+
+/// How to reach Redis and how the queue layer behaves.
+#[derive(Debug, Clone)]
+pub struct BrokerConfig {
+    /// `redis://host:port/db` (or `rediss://`, `redis+unix://`).
+    pub redis_url: String,
+    /// Prefix of every key, so installations and tests can share a Redis.
+    pub namespace: String,
+    /// Longest any one Redis operation may take before it fails as unavailable. Bounds how long
+    /// a caller waits while Redis is down.
+    pub command_timeout: Duration,
+    /// How long an idempotency key deduplicates submits.
+    pub idempotency_window: Duration,
+    /// How long DEAD tasks are kept.
+    pub dead_ttl: Duration,
+}
+
+impl BrokerConfig {
+    /// Defaults for `redis_url`: namespace `tarefa`, 2 s command timeout, 24 h idempotency
+    /// window, 7 days of dead tasks.
+    pub fn new(redis_url: impl Into<String>) -> Self {
+        Self {
+            redis_url: redis_url.into(),
+            namespace: "tarefa".to_owned(),
+            command_timeout: Duration::from_secs(2),
+            idempotency_window: Duration::from_secs(24 * 3600),
+            dead_ttl: Duration::from_secs(7 * 24 * 3600),
+        }
+    }
+}
+
+/// The handle to Tarefa's data in Redis. Cheap to clone; clones share one multiplexed
+/// connection, which pipelines concurrent commands on the wire.
+#[derive(Clone)]
+pub struct Broker {
+    pub(crate) con: ConnectionManager,
+    pub(crate) client: redis::Client,
+    pub(crate) keys: Keys,
+    pub(crate) scripts: Arc<Scripts>,
+    pub(crate) config: BrokerConfig,
+    /// Queues this process has already added to the queue set, so a submit adds it once.
+    pub(crate) known_queues: Arc<Mutex<HashSet<String>>>,
+}
+
+impl std::fmt::Debug for Broker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Broker")
+            .field("namespace", &self.config.namespace)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Broker {
+    /// A broker for `config`. Connects lazily: this succeeds while Redis is down, and every
+    /// operation then fails with [`Error::Unavailable`] until Redis is back.
+    pub fn new(config: BrokerConfig) -> Result<Self> {
+        if config.namespace.is_empty()
+            || !config
+                .namespace
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
+        {
+            return Err(Error::invalid(
+                "namespace",
+                "must be non-empty letters, digits, '_', '-' or '.'",
+            ));
+        }
+        let client = redis::Client::open(config.redis_url.as_str())
+            .map_err(|e| Error::invalid("redis_url", e.to_string()))?;
+        let con = ConnectionManager::new_lazy_with_config(
+            client.clone(),
+            Self::manager_config(config.command_timeout),
+        )?;
+        Ok(Self {
+            con,
+            client,
+            keys: Keys::new(&config.namespace),
+            scripts: Arc::new(Scripts::new()),
+            config,
+            known_queues: Arc::default(),
+        })
+    }
+
+    pub(crate) fn manager_config(response_timeout: Duration) -> ConnectionManagerConfig {
+        ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(1).min(response_timeout)))
+            .set_response_timeout(Some(response_timeout))
+            .set_number_of_retries(1)
+            .set_min_delay(Duration::from_millis(50))
+            .set_max_delay(Duration::from_millis(500))
+    }
+
+    /// The key layout in use.
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    /// The configuration in use.
+    pub fn config(&self) -> &BrokerConfig {
+        &self.config
+    }
+
+    /// Runs one Redis operation under the command timeout.
+    pub(crate) async fn timed<T>(
+        &self,
+        operation: impl Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T> {
+        match tokio::time::timeout(self.config.command_timeout, operation).await {
+            Ok(result) => Ok(result?),
+            Err(_) => Err(Error::Unavailable(format!(
+                "no answer from redis within {:?}",
+                self.config.command_timeout
+            ))),
+        }
+    }
+
+    /// Pings Redis: Ok when it answers within the command timeout.
+    pub async fn ping(&self) -> Result<()> {
+        let mut con = self.con.clone();
+        self.timed(redis::cmd("PING").query_async::<String>(&mut con))
+            .await
+            .map(|_| ())
+    }
+
+    /// Redis's `maxmemory-policy`. Anything but `noeviction` lets Redis evict task keys under
+    /// memory pressure, which loses tasks; the services warn about it at start-up.
+    pub async fn maxmemory_policy(&self) -> Result<String> {
+        let mut con = self.con.clone();
+        let reply: Vec<String> = self
+            .timed(
+                redis::cmd("CONFIG")
+                    .arg("GET")
+                    .arg("maxmemory-policy")
+                    .query_async(&mut con),
+            )
+            .await?;
+        Ok(reply.get(1).cloned().unwrap_or_default())
+    }
+
+    /// Logs a loud warning when Redis may evict keys (and so lose tasks).
+    pub async fn warn_if_evicting(&self) {
+        match self.maxmemory_policy().await {
+            Ok(policy) if policy != "noeviction" && !policy.is_empty() => {
+                tracing::warn!(
+                    %policy,
+                    "redis maxmemory-policy is not noeviction: under memory pressure redis will \
+                     evict task keys and tasks will be lost; set maxmemory-policy noeviction"
+                );
+            }
+            Ok(_) => {}
+            Err(error) => tracing::debug!(%error, "could not read redis maxmemory-policy"),
+        }
+    }
+}

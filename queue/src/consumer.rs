@@ -1,0 +1,428 @@
+//! The executor's side: read from a queue's consumer group, claim, complete, renew leases,
+//! and the maintenance passes (promote, reclaim, reconcile) that any executor may run.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use redis::Value;
+use redis::aio::ConnectionManager;
+
+use crate::broker::Broker;
+use crate::keys::{ENTRY_TASK_FIELD, GROUP, STREAM};
+use crate::task::{Backoff, ClaimedTask, Completion, Outcome, TaskId};
+use crate::{Error, Result};
+
+/// A connection of its own for blocking reads (`XREADGROUP ... BLOCK`), which would otherwise
+/// hold up every command pipelined behind them on the shared connection.
+#[derive(Clone)]
+pub struct Reader {
+    con: ConnectionManager,
+    broker: Broker,
+    block: Duration,
+}
+
+impl std::fmt::Debug for Reader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reader")
+            .field("block", &self.block)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a heartbeat learned.
+#[derive(Debug, Clone, Default)]
+pub struct RenewReply {
+    /// The queue is paused: take no new tasks from it.
+    pub paused: bool,
+    /// Tasks this executor no longer holds (their lease expired and they were taken back).
+    pub lost: Vec<TaskId>,
+    /// Tasks cancelled while running here.
+    pub cancelled: Vec<TaskId>,
+}
+
+/// What one reconciler pass repaired.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReconcileReport {
+    /// Stream entries that led to no task (or to a task that moved on), dropped.
+    pub orphan_entries: u64,
+    /// RUNNING tasks that had no lease (so would never be reclaimed), given an expired one.
+    pub running_without_lease: u64,
+    /// Entries read by an executor that died before claiming them, queued again.
+    pub stuck_deliveries: u64,
+    /// Waiting tasks missing from their index (sorted set or stream), put back.
+    pub reindexed: u64,
+    /// Consumers of vanished executors removed from the group (only once they held nothing).
+    pub consumers_removed: u64,
+}
+
+impl ReconcileReport {
+    /// Total repairs.
+    pub fn total(&self) -> u64 {
+        self.orphan_entries
+            + self.running_without_lease
+            + self.stuck_deliveries
+            + self.reindexed
+            + self.consumers_removed
+    }
+}
+
+impl Broker {
+    /// A reader whose blocking reads wait at most `block` for new entries.
+    pub fn reader(&self, block: Duration) -> Result<Reader> {
+        let con = ConnectionManager::new_lazy_with_config(
+            self.client.clone(),
+            Self::manager_config(block + self.config.command_timeout),
+        )?;
+        Ok(Reader {
+            con,
+            broker: self.clone(),
+            block,
+        })
+    }
+
+    /// Creates the queue's stream and consumer group if missing. The group starts at the
+    /// stream's beginning, so tasks submitted before any executor existed are not skipped.
+    pub async fn ensure_group(&self, queue: &str) -> Result<()> {
+        let mut con = self.con.clone();
+        let created = self
+            .timed(
+                redis::cmd("XGROUP")
+                    .arg("CREATE")
+                    .arg(self.keys.queue_key(queue, STREAM))
+                    .arg(GROUP)
+                    .arg("0")
+                    .arg("MKSTREAM")
+                    .query_async::<()>(&mut con),
+            )
+            .await;
+        match created {
+            Err(Error::Redis(e)) if e.code() == Some("BUSYGROUP") => {}
+            other => other?,
+        }
+        let mut con = self.con.clone();
+        self.timed(
+            redis::cmd("SADD")
+                .arg(self.keys.queues_set())
+                .arg(queue)
+                .query_async::<i64>(&mut con),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Claims entries just read: each task becomes RUNNING under a lease of `lease`, at a new
+    /// attempt. Entries that lead nowhere are acknowledged and skipped; a task delivered more
+    /// than `max_deliveries` times without an outcome goes DEAD as poison.
+    pub async fn claim(
+        &self,
+        queue: &str,
+        executor_id: &str,
+        lease: Duration,
+        max_deliveries: u32,
+        entries: &[(String, String)],
+    ) -> Result<Vec<ClaimedTask>> {
+        if entries.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut invocation = self.scripts.claim.key(self.keys.queue_prefix(queue));
+        invocation
+            .arg(executor_id)
+            .arg(lease.as_millis() as u64)
+            .arg(max_deliveries)
+            .arg(self.config.dead_ttl.as_millis() as u64);
+        for (entry, local) in entries {
+            invocation.arg(entry).arg(local);
+        }
+        let mut con = self.con.clone();
+        let rows: Vec<Vec<Value>> = self.timed(invocation.invoke_async(&mut con)).await?;
+        rows.into_iter()
+            .map(|row| claimed_from_row(queue, row))
+            .collect()
+    }
+
+    /// Writes outcomes (any mix of queues), one script call per queue. Returns, in order,
+    /// whether each was recorded; `false` means the attempt had lost its lease (the fencing
+    /// check rejected it) and the task's newer attempt stands.
+    pub async fn complete(&self, completions: &[Completion]) -> Result<Vec<bool>> {
+        let mut by_queue: HashMap<&str, Vec<usize>> = HashMap::new();
+        for (index, completion) in completions.iter().enumerate() {
+            by_queue
+                .entry(completion.id.queue())
+                .or_default()
+                .push(index);
+        }
+        let mut written = vec![false; completions.len()];
+        for (queue, indexes) in by_queue {
+            let mut invocation = self.scripts.complete.key(self.keys.queue_prefix(queue));
+            invocation.arg(self.config.dead_ttl.as_millis() as u64);
+            for &index in &indexes {
+                let completion = &completions[index];
+                invocation
+                    .arg(completion.id.local())
+                    .arg(completion.attempt);
+                match &completion.outcome {
+                    Outcome::Succeeded(result) => invocation.arg("ok").arg(result).arg(0),
+                    Outcome::Retry { error, delay } => invocation
+                        .arg("retry")
+                        .arg(error)
+                        .arg(delay.as_millis() as u64),
+                    Outcome::Failed(error) => invocation.arg("fail").arg(error).arg(0),
+                    Outcome::Cancelled(reason) => invocation.arg("cancel").arg(reason).arg(0),
+                };
+            }
+            let mut con = self.con.clone();
+            let reply: Vec<i64> = self.timed(invocation.invoke_async(&mut con)).await?;
+            for (&index, flag) in indexes.iter().zip(reply) {
+                written[index] = flag == 1;
+            }
+        }
+        Ok(written)
+    }
+
+    /// The heartbeat for one queue: records this executor as alive, extends the leases of the
+    /// tasks it runs there (`(task, attempt)` pairs), and reports lost and cancelled tasks and
+    /// whether the queue is paused.
+    pub async fn renew(
+        &self,
+        queue: &str,
+        executor_id: &str,
+        host: &str,
+        lease: Duration,
+        in_flight: &[(TaskId, u32)],
+    ) -> Result<RenewReply> {
+        let mut invocation = self.scripts.renew.key(self.keys.queue_prefix(queue));
+        invocation
+            .arg(executor_id)
+            .arg(lease.as_millis() as u64)
+            .arg(host)
+            .arg(in_flight.len());
+        for (id, attempt) in in_flight {
+            invocation.arg(id.local()).arg(*attempt);
+        }
+        let mut con = self.con.clone();
+        let (paused, lost, cancelled): (i64, Vec<String>, Vec<String>) =
+            self.timed(invocation.invoke_async(&mut con)).await?;
+        let ids = |locals: Vec<String>| {
+            locals
+                .iter()
+                .map(|l| TaskId::from_parts(queue, l))
+                .collect()
+        };
+        Ok(RenewReply {
+            paused: paused == 1,
+            lost: ids(lost),
+            cancelled: ids(cancelled),
+        })
+    }
+
+    /// Takes back up to `limit` tasks whose lease expired. Returns how many.
+    pub async fn reclaim(&self, queue: &str, max_deliveries: u32, limit: u32) -> Result<u64> {
+        let mut con = self.con.clone();
+        let mut invocation = self.scripts.reclaim.key(self.keys.queue_prefix(queue));
+        invocation
+            .arg(max_deliveries)
+            .arg(self.config.dead_ttl.as_millis() as u64)
+            .arg(limit);
+        self.timed(invocation.invoke_async(&mut con)).await
+    }
+
+    /// Moves due scheduled and retrying tasks (up to `limit` of each) into the stream. Returns
+    /// how many, and how long until the next one is due.
+    pub async fn promote(&self, queue: &str, limit: u32) -> Result<(u64, Option<Duration>)> {
+        let mut con = self.con.clone();
+        let mut invocation = self.scripts.promote.key(self.keys.queue_prefix(queue));
+        invocation.arg(limit);
+        let (promoted, next_due): (u64, i64) =
+            self.timed(invocation.invoke_async(&mut con)).await?;
+        let next = u64::try_from(next_due).ok().map(Duration::from_millis);
+        Ok((promoted, next))
+    }
+
+    /// One reconciler pass over `queue`. `min_idle`: how long an entry may stay delivered and
+    /// unacknowledged before it is examined; `scan_count`: records examined per pass;
+    /// `stale`: how long without a heartbeat before an executor's consumer may be removed.
+    pub async fn reconcile(
+        &self,
+        queue: &str,
+        min_idle: Duration,
+        scan_count: u32,
+        stale: Duration,
+    ) -> Result<ReconcileReport> {
+        let mut con = self.con.clone();
+        let mut invocation = self.scripts.reconcile.key(self.keys.queue_prefix(queue));
+        invocation
+            .arg(min_idle.as_millis() as u64)
+            .arg(scan_count)
+            .arg(stale.as_millis() as u64);
+        let counts: Vec<u64> = self.timed(invocation.invoke_async(&mut con)).await?;
+        let at = |i: usize| counts.get(i).copied().unwrap_or(0);
+        Ok(ReconcileReport {
+            orphan_entries: at(0),
+            running_without_lease: at(1),
+            stuck_deliveries: at(2),
+            reindexed: at(3),
+            consumers_removed: at(4),
+        })
+    }
+
+    /// Records a running attempt's progress. Returns false when the attempt no longer holds
+    /// the task.
+    pub async fn report_progress(
+        &self,
+        id: &TaskId,
+        attempt: u32,
+        fraction: f64,
+        message: &str,
+    ) -> Result<bool> {
+        let mut con = self.con.clone();
+        let mut invocation = self
+            .scripts
+            .progress
+            .key(self.keys.queue_prefix(id.queue()));
+        invocation
+            .arg(id.local())
+            .arg(attempt)
+            .arg(fraction.clamp(0.0, 1.0))
+            .arg(message);
+        let written: i64 = self.timed(invocation.invoke_async(&mut con)).await?;
+        Ok(written == 1)
+    }
+}
+
+impl Reader {
+    /// Reads up to `count` new entries of `queue` for `executor_id`, waiting up to the block
+    /// time. Returns `(entry id, task local id)` pairs. A missing group (Redis restarted empty)
+    /// is re-created and reads as empty.
+    pub async fn read(
+        &mut self,
+        queue: &str,
+        executor_id: &str,
+        count: usize,
+    ) -> Result<Vec<(String, String)>> {
+        let stream = self.broker.keys.queue_key(queue, STREAM);
+        let command = redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg(GROUP)
+            .arg(executor_id)
+            .arg("COUNT")
+            .arg(count)
+            .arg("BLOCK")
+            .arg(self.block.as_millis() as u64)
+            .arg("STREAMS")
+            .arg(&stream)
+            .arg(">")
+            .clone();
+        let timeout = self.block + self.broker.config.command_timeout;
+        let reply = tokio::time::timeout(timeout, command.query_async::<Value>(&mut self.con))
+            .await
+            .map_err(|_| Error::Unavailable(format!("no answer from redis within {timeout:?}")))?;
+        let reply = match reply {
+            Ok(value) => value,
+            Err(e) if e.code() == Some("NOGROUP") => {
+                self.broker.ensure_group(queue).await?;
+                return Ok(Vec::new());
+            }
+            Err(e) => return Err(e.into()),
+        };
+        parse_read_reply(reply)
+    }
+}
+
+/// Parses an XREADGROUP reply for one stream into `(entry id, task id)` pairs.
+fn parse_read_reply(reply: Value) -> Result<Vec<(String, String)>> {
+    let streams = match reply {
+        Value::Nil => return Ok(Vec::new()),
+        Value::Array(streams) => streams,
+        Value::Map(pairs) => pairs
+            .into_iter()
+            .map(|(k, v)| Value::Array(vec![k, v]))
+            .collect(),
+        other => return Err(Error::Corrupt(format!("XREADGROUP replied {other:?}"))),
+    };
+    let mut out = Vec::new();
+    for stream in streams {
+        let Value::Array(mut parts) = stream else {
+            return Err(Error::Corrupt(
+                "XREADGROUP stream is not an array".to_owned(),
+            ));
+        };
+        let Some(Value::Array(entries)) = parts.pop() else {
+            return Err(Error::Corrupt(
+                "XREADGROUP entries are not an array".to_owned(),
+            ));
+        };
+        for entry in entries {
+            let Value::Array(mut entry) = entry else {
+                continue;
+            };
+            if entry.len() != 2 {
+                continue;
+            }
+            let fields = entry.pop().unwrap_or(Value::Nil);
+            let entry_id: String = redis::from_redis_value(entry.pop().unwrap_or(Value::Nil))?;
+            let fields: Vec<String> = match fields {
+                Value::Nil => Vec::new(),
+                Value::Map(pairs) => pairs
+                    .into_iter()
+                    .flat_map(|(k, v)| [k, v])
+                    .map(redis::from_redis_value)
+                    .collect::<Result<_, _>>()?,
+                other => redis::from_redis_value(other)?,
+            };
+            let task = fields
+                .chunks(2)
+                .find(|pair| pair.first().map(String::as_str) == Some(ENTRY_TASK_FIELD))
+                .and_then(|pair| pair.get(1).cloned())
+                .unwrap_or_default();
+            out.push((entry_id, task));
+        }
+    }
+    Ok(out)
+}
+
+fn claimed_from_row(queue: &str, row: Vec<Value>) -> Result<ClaimedTask> {
+    if row.len() < 11 {
+        return Err(Error::Corrupt(format!(
+            "claim row has {} values",
+            row.len()
+        )));
+    }
+    let mut values = row.into_iter();
+    let mut next = || values.next().unwrap_or(Value::Nil);
+    let local: String = redis::from_redis_value(next())?;
+    let attempt: u32 = redis::from_redis_value(next())?;
+    let task_type: String = redis::from_redis_value(next())?;
+    let payload: Vec<u8> = redis::from_redis_value(next())?;
+    let content_type: String = redis::from_redis_value(next())?;
+    let timeout: String = redis::from_redis_value(next())?;
+    let max_attempts: String = redis::from_redis_value(next())?;
+    let backoff: String = redis::from_redis_value(next())?;
+    let headers: String = redis::from_redis_value(next())?;
+    let traceparent: String = redis::from_redis_value(next())?;
+    let queue_wait_ms: u64 = redis::from_redis_value(next())?;
+    let number = |field: &str, text: &str| -> Result<u64> {
+        text.parse()
+            .map_err(|_| Error::Corrupt(format!("task {local}: {field} is {text:?}")))
+    };
+    Ok(ClaimedTask {
+        id: TaskId::from_parts(queue, &local),
+        attempt,
+        task_type,
+        payload,
+        content_type,
+        timeout: Duration::from_millis(number("timeout", &timeout)?),
+        max_attempts: number("max attempts", &max_attempts)? as u32,
+        backoff: if backoff.is_empty() {
+            Backoff::default()
+        } else {
+            Backoff::decode(&backoff)
+        },
+        headers: if headers.is_empty() {
+            HashMap::new()
+        } else {
+            serde_json::from_str(&headers).unwrap_or_default()
+        },
+        traceparent,
+        queue_wait: Duration::from_millis(queue_wait_ms),
+    })
+}

@@ -1,0 +1,94 @@
+//! The Redis key layout: the one place that names keys. The Lua scripts build the same names
+//! from the queue prefix (see `scripts/common.lua`); the two must change together.
+//!
+//! Every key of a queue starts with `{namespace}:{{queue}}:`. The braces are a Redis Cluster
+//! hash tag, so all keys of one queue share a slot and each script runs on one node.
+
+/// The consumer group every executor joins, on every queue's stream.
+pub const GROUP: &str = "executors";
+/// The set of every queue name ever used (not tagged: it is read on its own).
+pub const QUEUES_SET: &str = "queues";
+/// The stream of a queue: one entry per waiting or running task, field `id`.
+pub const STREAM: &str = "stream";
+/// Sorted set of SCHEDULED task ids by due time.
+pub const SCHEDULED: &str = "scheduled";
+/// Sorted set of RETRYING task ids by due time.
+pub const RETRYING: &str = "retrying";
+/// Sorted set of RUNNING task ids by lease deadline.
+pub const LEASES: &str = "leases";
+/// Sorted set of DEAD task ids by time of death.
+pub const DEAD: &str = "dead";
+/// Sorted set of SUCCEEDED and CANCELLED task ids by finish time (trimmed to the result TTL).
+pub const DONE: &str = "done";
+/// Hash of executor id -> `last_seen_ms|host|in_flight`.
+pub const EXECUTORS: &str = "executors";
+/// Present while the queue is paused.
+pub const PAUSED: &str = "paused";
+/// The field of a stream entry that holds the task id.
+pub const ENTRY_TASK_FIELD: &str = "id";
+
+/// Names the keys of one Tarefa installation (a namespace) in Redis.
+#[derive(Debug, Clone)]
+pub struct Keys {
+    /// Leading part of every key, e.g. `tarefa`. Lets several installations (or tests) share
+    /// one Redis.
+    namespace: String,
+}
+
+impl Keys {
+    /// Keys under `namespace`, which must be non-empty and free of glob characters.
+    pub fn new(namespace: &str) -> Self {
+        Self {
+            namespace: namespace.to_owned(),
+        }
+    }
+
+    /// The namespace these keys live under.
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    /// `{namespace}:{{queue}}:`: the prefix of every key of `queue`, passed to scripts as KEYS[1].
+    pub fn queue_prefix(&self, queue: &str) -> String {
+        format!("{}:{{{queue}}}:", self.namespace)
+    }
+
+    /// One key of `queue`, e.g. `queue_key("default", STREAM)`.
+    pub fn queue_key(&self, queue: &str, part: &str) -> String {
+        format!("{}:{{{queue}}}:{part}", self.namespace)
+    }
+
+    /// The hash holding a task's record.
+    pub fn record(&self, queue: &str, local_id: &str) -> String {
+        format!("{}:{{{queue}}}:t:{local_id}", self.namespace)
+    }
+
+    /// The list holding a task's attempt errors.
+    pub fn errors(&self, queue: &str, local_id: &str) -> String {
+        format!("{}:{{{queue}}}:e:{local_id}", self.namespace)
+    }
+
+    /// The pub/sub channel on which a task's changes are announced.
+    pub fn events_channel(&self, queue: &str, local_id: &str) -> String {
+        format!("{}:{{{queue}}}:ev:{local_id}", self.namespace)
+    }
+
+    /// The set of known queue names.
+    pub fn queues_set(&self) -> String {
+        format!("{}:{QUEUES_SET}", self.namespace)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queue_keys_share_the_hash_tag() {
+        let keys = Keys::new("tarefa");
+        assert_eq!(keys.queue_prefix("default"), "tarefa:{default}:");
+        assert_eq!(keys.queue_key("default", STREAM), "tarefa:{default}:stream");
+        assert_eq!(keys.record("mail", "01J"), "tarefa:{mail}:t:01J");
+        assert_eq!(keys.events_channel("mail", "01J"), "tarefa:{mail}:ev:01J");
+    }
+}

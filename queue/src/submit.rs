@@ -1,0 +1,173 @@
+//! Writing new tasks: one script call per queue per batch, and a group-commit batcher that
+//! turns many concurrent single submits into few script calls.
+
+use std::collections::HashMap;
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::broker::Broker;
+use crate::task::{NewTask, Submitted, TaskId};
+use crate::{Error, Result};
+
+impl Broker {
+    /// Writes `tasks` (any mix of queues) and answers in their order. Tasks of one queue are
+    /// written by one atomic script call.
+    pub async fn submit(&self, tasks: Vec<NewTask>) -> Result<Vec<Submitted>> {
+        let mut by_queue: HashMap<String, Vec<(usize, NewTask)>> = HashMap::new();
+        let total = tasks.len();
+        for (index, task) in tasks.into_iter().enumerate() {
+            by_queue
+                .entry(task.id.queue().to_owned())
+                .or_default()
+                .push((index, task));
+        }
+        let mut answers: Vec<Option<Submitted>> = vec![None; total];
+        for (queue, group) in by_queue {
+            self.register_queue(&queue).await?;
+            let mut invocation = self.scripts.submit.key(self.keys.queue_prefix(&queue));
+            invocation.arg(self.config.idempotency_window.as_millis() as u64);
+            for (_, task) in &group {
+                let headers = if task.headers.is_empty() {
+                    String::new()
+                } else {
+                    serde_json::to_string(&task.headers).unwrap_or_default()
+                };
+                invocation
+                    .arg(task.id.local())
+                    .arg(&task.task_type)
+                    .arg(&task.payload)
+                    .arg(&task.content_type)
+                    .arg(task.run_at_ms)
+                    .arg(task.max_attempts)
+                    .arg(task.backoff.map(|b| b.encode()).unwrap_or_default())
+                    .arg(task.timeout.as_millis() as u64)
+                    .arg(task.result_ttl.as_millis() as u64)
+                    .arg(task.priority)
+                    .arg(headers)
+                    .arg(&task.traceparent)
+                    .arg(&task.idempotency_key);
+            }
+            let mut con = self.con.clone();
+            let reply: Vec<redis::Value> = self.timed(invocation.invoke_async(&mut con)).await?;
+            if reply.len() != group.len() * 2 {
+                return Err(Error::Corrupt(format!(
+                    "submit script returned {} values for {} tasks",
+                    reply.len(),
+                    group.len()
+                )));
+            }
+            for ((index, _), pair) in group.iter().zip(reply.chunks(2)) {
+                let local: String = redis::from_redis_value_ref(&pair[0])?;
+                let deduplicated: i64 = redis::from_redis_value_ref(&pair[1])?;
+                answers[*index] = Some(Submitted {
+                    id: TaskId::from_parts(&queue, &local),
+                    deduplicated: deduplicated == 1,
+                });
+            }
+        }
+        answers
+            .into_iter()
+            .map(|a| a.ok_or_else(|| Error::Corrupt("submit lost an answer".to_owned())))
+            .collect()
+    }
+
+    /// Adds `queue` to the set of known queues, once per process.
+    async fn register_queue(&self, queue: &str) -> Result<()> {
+        let known = self
+            .known_queues
+            .lock()
+            .map(|set| set.contains(queue))
+            .unwrap_or(false);
+        if known {
+            return Ok(());
+        }
+        let mut con = self.con.clone();
+        self.timed(
+            redis::cmd("SADD")
+                .arg(self.keys.queues_set())
+                .arg(queue)
+                .query_async::<i64>(&mut con),
+        )
+        .await?;
+        if let Ok(mut set) = self.known_queues.lock() {
+            set.insert(queue.to_owned());
+        }
+        Ok(())
+    }
+}
+
+type Request = (NewTask, oneshot::Sender<Result<Submitted>>);
+
+/// Group commit for single submits: callers hand over one task each; a background task takes
+/// every request waiting at that moment (up to `max_batch`) and writes them with one script call
+/// per queue. Under load this turns thousands of submits into a few dozen calls; at low load a
+/// batch is one task and nothing waits for a batch to fill.
+#[derive(Debug, Clone)]
+pub struct SubmitBatcher {
+    requests: mpsc::Sender<Request>,
+}
+
+impl SubmitBatcher {
+    /// Starts the batcher on the current runtime. `max_batch` bounds one script call;
+    /// `max_in_flight` bounds concurrent script calls.
+    pub fn start(broker: Broker, max_batch: usize, max_in_flight: usize) -> Self {
+        let (requests, mut receiver) = mpsc::channel::<Request>(max_batch * 4);
+        let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(max_in_flight.max(1)));
+        tokio::spawn(async move {
+            loop {
+                let Ok(permit) = permits.clone().acquire_owned().await else {
+                    return;
+                };
+                let mut batch = Vec::with_capacity(16);
+                if receiver.recv_many(&mut batch, max_batch).await == 0 {
+                    return;
+                }
+                let broker = broker.clone();
+                tokio::spawn(async move {
+                    let (tasks, replies): (Vec<NewTask>, Vec<_>) = batch.into_iter().unzip();
+                    match broker.submit(tasks).await {
+                        Ok(answers) => {
+                            for (reply, answer) in replies.into_iter().zip(answers) {
+                                let _ = reply.send(Ok(answer));
+                            }
+                        }
+                        Err(error) => {
+                            for reply in replies {
+                                let _ = reply.send(Err(clone_error(&error)));
+                            }
+                        }
+                    }
+                    drop(permit);
+                });
+            }
+        });
+        Self { requests }
+    }
+
+    /// Submits one task through the batcher.
+    pub async fn submit(&self, task: NewTask) -> Result<Submitted> {
+        let (reply, answer) = oneshot::channel();
+        self.requests
+            .send((task, reply))
+            .await
+            .map_err(|_| Error::Unavailable("submit batcher stopped".to_owned()))?;
+        answer
+            .await
+            .map_err(|_| Error::Unavailable("submit batcher dropped the request".to_owned()))?
+    }
+}
+
+/// One batch error is reported to every caller in the batch.
+fn clone_error(error: &Error) -> Error {
+    match error {
+        Error::InvalidArgument { field, reason } => Error::InvalidArgument {
+            field: field.clone(),
+            reason: reason.clone(),
+        },
+        Error::Unavailable(m) => Error::Unavailable(m.clone()),
+        Error::NotFound(m) => Error::NotFound(m.clone()),
+        Error::FailedPrecondition(m) => Error::FailedPrecondition(m.clone()),
+        Error::Redis(e) => Error::Redis(e.clone()),
+        Error::Corrupt(m) => Error::Corrupt(m.clone()),
+    }
+}

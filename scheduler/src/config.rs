@@ -1,0 +1,97 @@
+//! The scheduler's configuration: flags with `TAREFA_*` environment fallbacks and defaults
+//! that work on a laptop.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Everything the scheduler can be told. Parsed by clap in the binary; tests and `tarefa dev`
+/// build it with [`Config::for_redis`].
+#[derive(Debug, Clone, clap::Args)]
+pub struct Config {
+    /// Address of the gRPC server.
+    #[arg(long, env = "TAREFA_LISTEN", default_value = "127.0.0.1:50051")]
+    pub listen: SocketAddr,
+    /// Address of the HTTP server (health, /metrics, dashboard). "off" disables it.
+    #[arg(long, env = "TAREFA_HTTP_LISTEN", default_value = "127.0.0.1:8080")]
+    pub http_listen: String,
+    /// Redis to store tasks in. The password, if any, is never logged.
+    #[arg(
+        long,
+        env = "TAREFA_REDIS_URL",
+        default_value = "redis://127.0.0.1:6379"
+    )]
+    pub redis_url: String,
+    /// Prefix of every Redis key; lets several installations share one Redis.
+    #[arg(long, env = "TAREFA_NAMESPACE", default_value = "tarefa")]
+    pub namespace: String,
+    /// Longest a Redis call may take before the RPC answers UNAVAILABLE (ms).
+    #[arg(long, env = "TAREFA_REDIS_TIMEOUT_MS", default_value_t = 2000)]
+    pub redis_timeout_ms: u64,
+    /// Largest task payload accepted (bytes); larger is RESOURCE_EXHAUSTED.
+    #[arg(long, env = "TAREFA_MAX_PAYLOAD_BYTES", default_value_t = 1024 * 1024)]
+    pub max_payload_bytes: usize,
+    /// Most tasks in one SubmitTasks call; more is RESOURCE_EXHAUSTED.
+    #[arg(long, env = "TAREFA_MAX_BATCH", default_value_t = 1000)]
+    pub max_batch: usize,
+    /// Longest queue name accepted.
+    #[arg(long, env = "TAREFA_MAX_QUEUE_NAME_LEN", default_value_t = 64)]
+    pub max_queue_name_len: usize,
+    /// Largest gRPC request accepted (bytes), whatever it holds.
+    #[arg(long, env = "TAREFA_MAX_REQUEST_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub max_request_bytes: usize,
+    /// Attempts per task when a submit does not say.
+    #[arg(long, env = "TAREFA_DEFAULT_MAX_ATTEMPTS", default_value_t = 3)]
+    pub default_max_attempts: u32,
+    /// Per-attempt timeout when a submit does not say (ms).
+    #[arg(long, env = "TAREFA_DEFAULT_TIMEOUT_MS", default_value_t = 30 * 60 * 1000)]
+    pub default_timeout_ms: u64,
+    /// How long a finished task stays readable when a submit does not say (ms).
+    #[arg(long, env = "TAREFA_DEFAULT_RESULT_TTL_MS", default_value_t = 24 * 3600 * 1000)]
+    pub default_result_ttl_ms: u64,
+    /// How long an idempotency key deduplicates submits (s).
+    #[arg(long, env = "TAREFA_IDEMPOTENCY_WINDOW_SECS", default_value_t = 24 * 3600)]
+    pub idempotency_window_secs: u64,
+    /// How long DEAD tasks are kept (s).
+    #[arg(long, env = "TAREFA_DEAD_TTL_SECS", default_value_t = 7 * 24 * 3600)]
+    pub dead_ttl_secs: u64,
+    /// Base URL of a Jaeger UI; the dashboard links trace ids to it.
+    #[arg(long, env = "TAREFA_JAEGER_URL", default_value = "")]
+    pub jaeger_url: String,
+    /// How long in-flight RPCs may take to finish after SIGTERM (s).
+    #[arg(long, env = "TAREFA_SHUTDOWN_GRACE_SECS", default_value_t = 10)]
+    pub shutdown_grace_secs: u64,
+}
+
+impl Config {
+    /// Defaults, against `redis_url`, listening on an OS-chosen port.
+    pub fn for_redis(redis_url: &str) -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            http_listen: "off".to_owned(),
+            redis_url: redis_url.to_owned(),
+            namespace: "tarefa".to_owned(),
+            redis_timeout_ms: 2000,
+            max_payload_bytes: 1024 * 1024,
+            max_batch: 1000,
+            max_queue_name_len: 64,
+            max_request_bytes: 64 * 1024 * 1024,
+            default_max_attempts: 3,
+            default_timeout_ms: 30 * 60 * 1000,
+            default_result_ttl_ms: 24 * 3600 * 1000,
+            idempotency_window_secs: 24 * 3600,
+            dead_ttl_secs: 7 * 24 * 3600,
+            jaeger_url: String::new(),
+            shutdown_grace_secs: 10,
+        }
+    }
+
+    /// The queue layer's configuration.
+    pub fn broker_config(&self) -> tarefa_queue::BrokerConfig {
+        let mut broker = tarefa_queue::BrokerConfig::new(&self.redis_url);
+        broker.namespace = self.namespace.clone();
+        broker.command_timeout = Duration::from_millis(self.redis_timeout_ms.max(1));
+        broker.idempotency_window = Duration::from_secs(self.idempotency_window_secs.max(1));
+        broker.dead_ttl = Duration::from_secs(self.dead_ttl_secs.max(1));
+        broker
+    }
+}

@@ -1,0 +1,323 @@
+//! Validation and conversion at the gRPC boundary: proto messages in, domain types out, and
+//! back. Every rejection names the field.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tarefa_proto as pb;
+use tarefa_queue::{AttemptError, Backoff, NewTask, TaskId, TaskRecord, TaskState};
+
+use crate::config::Config;
+use crate::error::Error;
+
+/// Longest delay or distance to `run_at` accepted: one year.
+const MAX_DELAY_MS: u64 = 366 * 24 * 3600 * 1000;
+const MAX_TASK_TYPE_LEN: usize = 128;
+const MAX_CONTENT_TYPE_LEN: usize = 128;
+const MAX_IDEMPOTENCY_KEY_LEN: usize = 256;
+const MAX_HEADERS: usize = 64;
+const MAX_HEADER_BYTES: usize = 8 * 1024;
+const MAX_ATTEMPTS_LIMIT: u32 = 1000;
+
+fn invalid(field: &str, reason: impl Into<String>) -> Error {
+    Error::Queue(tarefa_queue::Error::invalid(field, reason))
+}
+
+/// Unix time now in ms.
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// The queue name of a request: empty means `default`.
+pub(crate) fn queue_name(queue: &str, config: &Config, field: &str) -> Result<String, Error> {
+    let queue = if queue.is_empty() { "default" } else { queue };
+    tarefa_queue::validate_queue_name(queue, config.max_queue_name_len).map_err(|e| match e {
+        tarefa_queue::Error::InvalidArgument { reason, .. } => invalid(field, reason),
+        other => Error::Queue(other),
+    })?;
+    Ok(queue.to_owned())
+}
+
+/// Parses a task id from a request.
+pub(crate) fn task_id(text: &str) -> Result<TaskId, Error> {
+    if text.is_empty() {
+        return Err(invalid("task_id", "is required"));
+    }
+    Ok(TaskId::parse(text)?)
+}
+
+/// Validates one submit; `prefix` is `""` for SubmitTask and `"tasks[i]."` in a batch.
+pub(crate) fn new_task(
+    request: pb::SubmitTaskRequest,
+    config: &Config,
+    prefix: &str,
+    traceparent: String,
+) -> Result<NewTask, Error> {
+    let field = |name: &str| format!("{prefix}{name}");
+    let queue = queue_name(&request.queue, config, &field("queue"))?;
+    let task_type = request.task_type;
+    if task_type.is_empty() {
+        return Err(invalid(&field("task_type"), "is required"));
+    }
+    if task_type.len() > MAX_TASK_TYPE_LEN
+        || !task_type
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.:-".contains(&b))
+    {
+        return Err(invalid(
+            &field("task_type"),
+            format!(
+                "must be 1 to {MAX_TASK_TYPE_LEN} characters of letters, digits, '_', '.', ':' and '-'"
+            ),
+        ));
+    }
+    if request.payload.len() > config.max_payload_bytes {
+        return Err(Error::ResourceExhausted {
+            field: field("payload"),
+            reason: format!(
+                "is {} bytes; the limit is {} (scheduler flag --max-payload-bytes)",
+                request.payload.len(),
+                config.max_payload_bytes
+            ),
+        });
+    }
+    if request.content_type.len() > MAX_CONTENT_TYPE_LEN {
+        return Err(invalid(
+            &field("content_type"),
+            format!("must be at most {MAX_CONTENT_TYPE_LEN} characters"),
+        ));
+    }
+    let content_type = if request.content_type == "application/json" {
+        String::new()
+    } else {
+        request.content_type
+    };
+    let now = now_ms();
+    let run_at_ms = match (request.delay_ms, request.run_at_ms) {
+        (0, 0) => 0,
+        (delay, 0) => {
+            if delay > MAX_DELAY_MS {
+                return Err(invalid(&field("delay_ms"), "must be at most one year"));
+            }
+            now + delay
+        }
+        (0, at) => {
+            if at > now + MAX_DELAY_MS {
+                return Err(invalid(
+                    &field("run_at_ms"),
+                    "must be within one year from now",
+                ));
+            }
+            at
+        }
+        _ => {
+            return Err(invalid(
+                &field("delay_ms"),
+                "set delay_ms or run_at_ms, not both",
+            ));
+        }
+    };
+    let max_attempts = match request.max_attempts {
+        0 => config.default_max_attempts.max(1),
+        n if n > MAX_ATTEMPTS_LIMIT => {
+            return Err(invalid(
+                &field("max_attempts"),
+                format!("must be at most {MAX_ATTEMPTS_LIMIT}"),
+            ));
+        }
+        n => n,
+    };
+    let backoff = match request.backoff {
+        None => None,
+        Some(b) => {
+            let default = Backoff::default();
+            let multiplier = if b.multiplier == 0.0 {
+                default.multiplier
+            } else {
+                b.multiplier
+            };
+            if !multiplier.is_finite() || !(1.0..=100.0).contains(&multiplier) {
+                return Err(invalid(
+                    &field("backoff.multiplier"),
+                    "must be between 1 and 100",
+                ));
+            }
+            let initial = if b.initial_ms == 0 {
+                default.initial
+            } else {
+                Duration::from_millis(b.initial_ms)
+            };
+            let max = if b.max_ms == 0 {
+                default.max.max(initial)
+            } else {
+                Duration::from_millis(b.max_ms)
+            };
+            if initial > max {
+                return Err(invalid(
+                    &field("backoff.max_ms"),
+                    "must not be below backoff.initial_ms",
+                ));
+            }
+            if max.as_millis() as u64 > MAX_DELAY_MS {
+                return Err(invalid(
+                    &field("backoff.max_ms"),
+                    "must be at most one year",
+                ));
+            }
+            Some(Backoff {
+                initial,
+                max,
+                multiplier,
+            })
+        }
+    };
+    let timeout_ms = match request.timeout_ms {
+        0 => config.default_timeout_ms,
+        t if t > MAX_DELAY_MS => {
+            return Err(invalid(&field("timeout_ms"), "must be at most one year"));
+        }
+        t => t,
+    };
+    let result_ttl_ms = match request.result_ttl_ms {
+        0 => config.default_result_ttl_ms,
+        t if t > MAX_DELAY_MS => {
+            return Err(invalid(&field("result_ttl_ms"), "must be at most one year"));
+        }
+        t => t,
+    };
+    if request.idempotency_key.len() > MAX_IDEMPOTENCY_KEY_LEN {
+        return Err(invalid(
+            &field("idempotency_key"),
+            format!("must be at most {MAX_IDEMPOTENCY_KEY_LEN} bytes"),
+        ));
+    }
+    if request.headers.len() > MAX_HEADERS {
+        return Err(invalid(
+            &field("headers"),
+            format!("must have at most {MAX_HEADERS} entries"),
+        ));
+    }
+    let header_bytes: usize = request.headers.iter().map(|(k, v)| k.len() + v.len()).sum();
+    if header_bytes > MAX_HEADER_BYTES {
+        return Err(invalid(
+            &field("headers"),
+            format!("must total at most {MAX_HEADER_BYTES} bytes"),
+        ));
+    }
+    Ok(NewTask {
+        id: TaskId::generate(&queue),
+        task_type,
+        payload: request.payload,
+        content_type,
+        run_at_ms,
+        max_attempts,
+        backoff,
+        timeout: Duration::from_millis(timeout_ms),
+        result_ttl: Duration::from_millis(result_ttl_ms),
+        priority: request.priority,
+        headers: request.headers.into_iter().collect(),
+        traceparent,
+        idempotency_key: request.idempotency_key,
+    })
+}
+
+/// A domain state as the proto enum.
+pub(crate) fn state_to_proto(state: TaskState) -> pb::TaskState {
+    match state {
+        TaskState::Scheduled => pb::TaskState::Scheduled,
+        TaskState::Queued => pb::TaskState::Queued,
+        TaskState::Running => pb::TaskState::Running,
+        TaskState::Succeeded => pb::TaskState::Succeeded,
+        TaskState::Retrying => pb::TaskState::Retrying,
+        TaskState::Dead => pb::TaskState::Dead,
+        TaskState::Cancelled => pb::TaskState::Cancelled,
+    }
+}
+
+/// A proto state filter as a domain state; UNSPECIFIED and unknown values are rejected.
+pub(crate) fn state_from_proto(value: i32) -> Result<TaskState, Error> {
+    match pb::TaskState::try_from(value) {
+        Ok(pb::TaskState::Unspecified) => Err(invalid("state", "is required")),
+        Ok(_) => TaskState::from_code(value).ok_or_else(|| invalid("state", "is unknown")),
+        Err(_) => Err(invalid("state", format!("{value} is not a TaskState"))),
+    }
+}
+
+/// A task record as the proto message.
+pub(crate) fn task_to_proto(record: TaskRecord) -> pb::Task {
+    let trace_id = record.trace_id().to_owned();
+    pb::Task {
+        task_id: record.id.to_string(),
+        queue: record.id.queue().to_owned(),
+        task_type: record.task_type,
+        state: state_to_proto(record.state) as i32,
+        attempt: record.attempt,
+        max_attempts: record.max_attempts,
+        payload: record.payload,
+        content_type: if record.content_type.is_empty() {
+            "application/json".to_owned()
+        } else {
+            record.content_type
+        },
+        result: record.result,
+        last_error: record.last_error,
+        errors: record
+            .errors
+            .into_iter()
+            .map(|e: AttemptError| pb::AttemptError {
+                attempt: e.attempt,
+                message: e.message,
+                at_ms: e.at_ms,
+            })
+            .collect(),
+        created_at_ms: record.created_at_ms,
+        run_at_ms: record.run_at_ms,
+        started_at_ms: record.started_at_ms,
+        finished_at_ms: record.finished_at_ms,
+        trace_id,
+        headers: record.headers.into_iter().collect(),
+        progress: record.progress,
+        progress_message: record.progress_message,
+        idempotency_key: record.idempotency_key,
+        executor_id: record.executor_id,
+        priority: record.priority,
+        timeout_ms: record.timeout_ms,
+        cancel_requested: record.cancel_requested,
+    }
+}
+
+/// Queue stats as the proto message.
+pub(crate) fn queue_to_proto(stats: tarefa_queue::QueueStats) -> pb::Queue {
+    let hour = |series: &[u64]| series.iter().sum();
+    pb::Queue {
+        succeeded_last_hour: hour(&stats.succeeded_per_minute),
+        failed_last_hour: hour(&stats.failed_per_minute),
+        name: stats.name,
+        queued: stats.queued,
+        running: stats.running,
+        scheduled: stats.scheduled + stats.retrying,
+        retrying: stats.retrying,
+        dead: stats.dead,
+        submitted_total: stats.submitted_total,
+        succeeded_total: stats.succeeded_total,
+        failed_total: stats.failed_total,
+        dead_total: stats.dead_total,
+        paused: stats.paused,
+        oldest_waiting_ms: stats.oldest_waiting_ms,
+        executors: stats
+            .executors
+            .into_iter()
+            .map(|e| pb::Executor {
+                executor_id: e.id,
+                host: e.host,
+                in_flight: e.in_flight,
+                last_seen_ms: e.last_seen_ms,
+            })
+            .collect(),
+        succeeded_last_minute: stats.succeeded_last_minute,
+        failed_last_minute: stats.failed_last_minute,
+        succeeded_per_minute: stats.succeeded_per_minute,
+    }
+}

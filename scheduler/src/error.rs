@@ -1,0 +1,49 @@
+//! The one place where errors become gRPC statuses.
+
+use tonic::Status;
+
+/// Errors of the scheduler library.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// From the queue layer (Redis, validation, state).
+    #[error(transparent)]
+    Queue(#[from] tarefa_queue::Error),
+    /// A limit was exceeded; `field` names what.
+    #[error("{field}: {reason}")]
+    ResourceExhausted {
+        /// What is too large.
+        field: String,
+        /// By how much, and which setting raises the limit.
+        reason: String,
+    },
+    /// Serving failed (bind, accept).
+    #[error("transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    /// I/O failed.
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl From<Error> for Status {
+    fn from(error: Error) -> Self {
+        use tarefa_queue::Error as Q;
+        match error {
+            Error::Queue(Q::InvalidArgument { field, reason }) => {
+                Status::invalid_argument(format!("{field}: {reason}"))
+            }
+            Error::Queue(Q::NotFound(id)) => Status::not_found(format!("task {id} not found")),
+            Error::Queue(Q::FailedPrecondition(message)) => Status::failed_precondition(message),
+            Error::Queue(Q::Unavailable(message)) => {
+                tracing::warn!(%message, "redis unavailable");
+                Status::unavailable("task store (redis) unavailable; retry")
+            }
+            Error::ResourceExhausted { field, reason } => {
+                Status::resource_exhausted(format!("{field}: {reason}"))
+            }
+            other => {
+                tracing::error!(error = %other, "internal error");
+                Status::internal("internal error; see the scheduler's log")
+            }
+        }
+    }
+}

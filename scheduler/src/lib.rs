@@ -1,0 +1,166 @@
+//! Tarefa's scheduler: the gRPC `tarefa.v1.Scheduler` service. It validates submits and writes
+//! tasks into Redis Streams through the queue layer; it never talks to executors.
+//!
+//! # Layout
+//! - `config`: flags and environment.
+//! - `convert`: validation and proto <-> domain conversion, at the boundary.
+//! - `service`: the RPC handlers.
+//! - `error`: the one mapping from errors to gRPC statuses.
+//! - `http`: health, `/metrics` and the dashboard on the HTTP port.
+//! - `metrics`: Prometheus counters.
+//!
+//! [`run`] is the entry point for the binary, `tarefa dev` and the tests alike.
+
+pub mod config;
+mod convert;
+mod error;
+pub mod http;
+pub mod metrics;
+pub mod service;
+
+use std::future::Future;
+use std::time::Duration;
+
+use tarefa_proto as pb;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+pub use config::Config;
+pub use error::Error;
+
+/// Serves gRPC on `listener` (and HTTP on `http_listener`, if given) until `shutdown`
+/// completes, then lets in-flight RPCs finish within the configured grace period.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    http_listener: Option<TcpListener>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
+    let broker = tarefa_queue::Broker::new(config.broker_config())?;
+    broker.warn_if_evicting().await;
+    let metrics = metrics::Metrics::new();
+    let service = service::SchedulerService::new(broker.clone(), config.clone(), metrics.clone());
+
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<pb::scheduler_server::SchedulerServer<service::SchedulerService>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| Error::Io(std::io::Error::other(e.to_string())))?;
+
+    let (stop_sender, stop) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_sender.send(true);
+    });
+    let wait_stop = |mut stop: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = stop.wait_for(|s| *s).await;
+    };
+
+    let local = listener.local_addr()?;
+    tracing::info!(grpc = %local, "scheduler listening");
+    let http_task = match http_listener {
+        Some(http_listener) => {
+            tracing::info!(http = %http_listener.local_addr()?, "scheduler http listening (health, metrics, dashboard)");
+            let state = http::HttpState {
+                broker: broker.clone(),
+                metrics: metrics.clone(),
+                config: config.clone(),
+            };
+            let stop = stop.clone();
+            Some(tokio::spawn(async move {
+                axum::serve(http_listener, http::router(state))
+                    .with_graceful_shutdown(wait_stop(stop))
+                    .await
+            }))
+        }
+        None => None,
+    };
+
+    let grace = Duration::from_secs(config.shutdown_grace_secs);
+    let scheduler = pb::scheduler_server::SchedulerServer::new(service)
+        .max_decoding_message_size(config.max_request_bytes)
+        .max_encoding_message_size(config.max_request_bytes);
+    let server = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(scheduler)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), wait_stop(stop.clone()));
+    tokio::pin!(server);
+    tokio::select! {
+        result = &mut server => result?,
+        () = wait_stop(stop.clone()) => {
+            tracing::info!(?grace, "scheduler stopping; finishing in-flight rpcs");
+            match tokio::time::timeout(grace, &mut server).await {
+                Ok(result) => {
+                    result?;
+                    tracing::info!("scheduler stopped cleanly");
+                }
+                Err(_) => tracing::warn!("scheduler stopped with rpcs still in flight after the grace period"),
+            }
+        }
+    }
+    if let Some(task) = http_task {
+        task.abort();
+    }
+    Ok(())
+}
+
+/// Binds the HTTP listener named by `config.http_listen`, or none when it is `off`.
+pub async fn bind_http(config: &Config) -> std::io::Result<Option<TcpListener>> {
+    if config.http_listen.is_empty() || config.http_listen == "off" {
+        return Ok(None);
+    }
+    TcpListener::bind(&config.http_listen).await.map(Some)
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(signal) => signal,
+                Err(_) => {
+                    let _ = interrupt.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = interrupt.await;
+    }
+}
+
+/// The `tarefa-scheduler` command line.
+#[derive(Debug, clap::Parser)]
+#[command(name = "tarefa-scheduler", version, about = "Tarefa's gRPC scheduler")]
+pub struct Command {
+    /// The configuration.
+    #[command(flatten)]
+    pub config: Config,
+}
+
+/// The whole `tarefa-scheduler` program: parse `std::env::args`, set up telemetry, bind, serve
+/// until SIGINT/SIGTERM. The binary and the test harness's copy of it both call this.
+pub fn main_from_env() -> Result<(), Error> {
+    let command = <Command as clap::Parser>::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let _telemetry = tarefa_telemetry::init("tarefa-scheduler");
+        let listener = TcpListener::bind(command.config.listen).await?;
+        let http = bind_http(&command.config).await?;
+        run(command.config, listener, http, shutdown_signal()).await
+    })
+}

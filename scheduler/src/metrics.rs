@@ -1,0 +1,194 @@
+//! The scheduler's Prometheus metrics: what this process did (submits, rejections) plus, at
+//! scrape time, every queue's depth and age read from Redis (the same for all schedulers).
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+
+use crate::error::Error;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TaskLabels {
+    queue: String,
+    task_type: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CodeLabels {
+    code: String,
+}
+
+/// Counters of this scheduler process.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Arc<Registry>,
+    submitted: Family<TaskLabels, Counter>,
+    rejected: Family<CodeLabels, Counter>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Fresh counters.
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let submitted = Family::<TaskLabels, Counter>::default();
+        registry.register(
+            "tarefa_scheduler_submitted",
+            "Tasks accepted by this scheduler",
+            submitted.clone(),
+        );
+        let rejected = Family::<CodeLabels, Counter>::default();
+        registry.register(
+            "tarefa_scheduler_rejected",
+            "Submits rejected by this scheduler, by gRPC status code",
+            rejected.clone(),
+        );
+        Self {
+            registry: Arc::new(registry),
+            submitted,
+            rejected,
+        }
+    }
+
+    pub(crate) fn submitted(&self, queue: &str, task_type: &str, n: u64) {
+        self.submitted
+            .get_or_create(&TaskLabels {
+                queue: queue.to_owned(),
+                task_type: task_type.to_owned(),
+            })
+            .inc_by(n);
+    }
+
+    pub(crate) fn rejected(&self, error: &Error) {
+        let status = tonic::Status::from(clone_for_code(error));
+        self.rejected
+            .get_or_create(&CodeLabels {
+                code: format!("{:?}", status.code()),
+            })
+            .inc();
+    }
+
+    /// The process counters in Prometheus text format (without the final `# EOF`).
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        let _ = prometheus_client::encoding::text::encode_registry(&mut text, &self.registry);
+        text
+    }
+}
+
+/// Only the code matters for the rejected counter.
+fn clone_for_code(error: &Error) -> Error {
+    match error {
+        Error::ResourceExhausted { field, reason } => Error::ResourceExhausted {
+            field: field.clone(),
+            reason: reason.clone(),
+        },
+        Error::Queue(tarefa_queue::Error::InvalidArgument { field, reason }) => {
+            Error::Queue(tarefa_queue::Error::InvalidArgument {
+                field: field.clone(),
+                reason: reason.clone(),
+            })
+        }
+        _ => Error::Queue(tarefa_queue::Error::Unavailable(String::new())),
+    }
+}
+
+/// A metric name, its help, and how to read it from a queue's stats.
+type Series = (
+    &'static str,
+    &'static str,
+    fn(&tarefa_queue::QueueStats) -> u64,
+);
+
+/// Appends gauges of every queue, read from Redis, in Prometheus text format.
+pub(crate) fn encode_queues(text: &mut String, stats: &[tarefa_queue::QueueStats]) {
+    let gauges: [Series; 6] = [
+        ("tarefa_queue_queued", "Tasks waiting in the stream", |s| {
+            s.queued
+        }),
+        ("tarefa_queue_running", "Tasks running under a lease", |s| {
+            s.running
+        }),
+        (
+            "tarefa_queue_scheduled",
+            "Tasks waiting for their run time",
+            |s| s.scheduled,
+        ),
+        (
+            "tarefa_queue_retrying",
+            "Tasks waiting for a retry backoff",
+            |s| s.retrying,
+        ),
+        ("tarefa_queue_dead", "Dead tasks kept for inspection", |s| {
+            s.dead
+        }),
+        ("tarefa_queue_paused", "1 when the queue is paused", |s| {
+            u64::from(s.paused)
+        }),
+    ];
+    for (name, help, value) in gauges {
+        let _ = writeln!(text, "# HELP {name} {help}.\n# TYPE {name} gauge");
+        for s in stats {
+            let _ = writeln!(text, "{name}{{queue=\"{}\"}} {}", s.name, value(s));
+        }
+    }
+    let _ = writeln!(
+        text,
+        "# HELP tarefa_queue_oldest_waiting_seconds Age of the oldest task waiting in the stream.\n\
+         # TYPE tarefa_queue_oldest_waiting_seconds gauge"
+    );
+    for s in stats {
+        let _ = writeln!(
+            text,
+            "tarefa_queue_oldest_waiting_seconds{{queue=\"{}\"}} {}",
+            s.name,
+            s.oldest_waiting_ms as f64 / 1000.0
+        );
+    }
+    let totals: [Series; 4] = [
+        (
+            "tarefa_tasks_submitted",
+            "Tasks submitted to the queue, all schedulers",
+            |s| s.submitted_total,
+        ),
+        (
+            "tarefa_tasks_succeeded",
+            "Tasks that succeeded, all executors",
+            |s| s.succeeded_total,
+        ),
+        (
+            "tarefa_attempts_failed",
+            "Attempts that failed, all executors",
+            |s| s.failed_total,
+        ),
+        (
+            "tarefa_tasks_dead",
+            "Tasks that went dead, all executors",
+            |s| s.dead_total,
+        ),
+    ];
+    for (name, help, value) in totals {
+        let _ = writeln!(
+            text,
+            "# HELP {name}_total {help}.\n# TYPE {name}_total counter"
+        );
+        for s in stats {
+            let _ = writeln!(text, "{name}_total{{queue=\"{}\"}} {}", s.name, value(s));
+        }
+    }
+}

@@ -1,0 +1,325 @@
+//! The gRPC `tarefa.v1.Scheduler` service: each RPC validates, calls the queue layer, and
+//! converts back. Errors become statuses in one place (`error.rs`).
+
+use std::pin::Pin;
+use std::time::Duration;
+
+use futures::Stream;
+use tarefa_proto as pb;
+use tarefa_queue::events::Events;
+use tarefa_queue::{Broker, SubmitBatcher};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+use tracing::{Instrument, field};
+
+use crate::config::Config;
+use crate::convert::{self, new_task, queue_name, task_id, task_to_proto};
+use crate::error::Error;
+use crate::metrics::Metrics;
+
+/// How often a watcher re-reads its task even without a notification (covers notifications
+/// lost while the pub/sub connection was down).
+const WATCH_POLL: Duration = Duration::from_secs(1);
+const DEFAULT_PAGE_SIZE: u32 = 50;
+const MAX_PAGE_SIZE: u32 = 1000;
+
+/// The service state shared by all RPCs.
+#[derive(Debug, Clone)]
+pub struct SchedulerService {
+    broker: Broker,
+    batcher: SubmitBatcher,
+    events: Events,
+    config: Config,
+    metrics: Metrics,
+}
+
+impl SchedulerService {
+    /// A service over `broker`. Starts the submit batcher and the event hub on this runtime.
+    pub fn new(broker: Broker, config: Config, metrics: Metrics) -> Self {
+        let batcher = SubmitBatcher::start(broker.clone(), 256, 4);
+        let events = Events::start(&broker);
+        Self {
+            broker,
+            batcher,
+            events,
+            config,
+            metrics,
+        }
+    }
+
+    fn span(name: &'static str, metadata: &tonic::metadata::MetadataMap) -> tracing::Span {
+        let span = tracing::info_span!(
+            "rpc",
+            otel.name = name,
+            rpc.method = name,
+            task_id = field::Empty,
+            queue = field::Empty,
+            task_type = field::Empty,
+        );
+        tarefa_telemetry::set_parent_from_metadata(&span, metadata);
+        span
+    }
+}
+
+type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::Task, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::scheduler_server::Scheduler for SchedulerService {
+    async fn submit_task(
+        &self,
+        request: Request<pb::SubmitTaskRequest>,
+    ) -> Result<Response<pb::SubmitTaskResponse>, Status> {
+        let span = Self::span("SubmitTask", request.metadata());
+        async move {
+            let traceparent = tarefa_telemetry::current_traceparent();
+            let task = new_task(request.into_inner(), &self.config, "", traceparent)
+                .inspect_err(|e| self.metrics.rejected(e))?;
+            let span = tracing::Span::current();
+            span.record("task_id", field::display(&task.id));
+            span.record("queue", task.id.queue());
+            span.record("task_type", task.task_type.as_str());
+            let (queue, task_type) = (task.id.queue().to_owned(), task.task_type.clone());
+            let submitted = self.batcher.submit(task).await.map_err(Error::from)?;
+            if !submitted.deduplicated {
+                self.metrics.submitted(&queue, &task_type, 1);
+            }
+            tracing::debug!(task_id = %submitted.id, deduplicated = submitted.deduplicated, "task submitted");
+            Ok(Response::new(pb::SubmitTaskResponse {
+                task_id: submitted.id.to_string(),
+                deduplicated: submitted.deduplicated,
+            }))
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn submit_tasks(
+        &self,
+        request: Request<pb::SubmitTasksRequest>,
+    ) -> Result<Response<pb::SubmitTasksResponse>, Status> {
+        let span = Self::span("SubmitTasks", request.metadata());
+        async move {
+            let requests = request.into_inner().tasks;
+            if requests.len() > self.config.max_batch {
+                let error = Error::ResourceExhausted {
+                    field: "tasks".to_owned(),
+                    reason: format!(
+                        "has {} tasks; the limit is {} (scheduler flag --max-batch)",
+                        requests.len(),
+                        self.config.max_batch
+                    ),
+                };
+                self.metrics.rejected(&error);
+                return Err(error.into());
+            }
+            let traceparent = tarefa_telemetry::current_traceparent();
+            let tasks = requests
+                .into_iter()
+                .enumerate()
+                .map(|(i, r)| {
+                    new_task(
+                        r,
+                        &self.config,
+                        &format!("tasks[{i}]."),
+                        traceparent.clone(),
+                    )
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .inspect_err(|e| self.metrics.rejected(e))?;
+            let labels: Vec<(String, String)> = tasks
+                .iter()
+                .map(|t| (t.id.queue().to_owned(), t.task_type.clone()))
+                .collect();
+            let submitted = self.broker.submit(tasks).await.map_err(Error::from)?;
+            for ((queue, task_type), s) in labels.iter().zip(&submitted) {
+                if !s.deduplicated {
+                    self.metrics.submitted(queue, task_type, 1);
+                }
+            }
+            tracing::debug!(count = submitted.len(), "tasks submitted");
+            Ok(Response::new(pb::SubmitTasksResponse {
+                tasks: submitted
+                    .into_iter()
+                    .map(|s| pb::SubmitTaskResponse {
+                        task_id: s.id.to_string(),
+                        deduplicated: s.deduplicated,
+                    })
+                    .collect(),
+            }))
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn get_task(
+        &self,
+        request: Request<pb::GetTaskRequest>,
+    ) -> Result<Response<pb::Task>, Status> {
+        let id = task_id(&request.get_ref().task_id)?;
+        let record = self.broker.task(&id).await.map_err(Error::from)?;
+        match record {
+            Some(record) => Ok(Response::new(task_to_proto(record))),
+            None => Err(Status::not_found(format!("task {id} not found"))),
+        }
+    }
+
+    type WatchTaskStream = WatchStream;
+
+    async fn watch_task(
+        &self,
+        request: Request<pb::WatchTaskRequest>,
+    ) -> Result<Response<Self::WatchTaskStream>, Status> {
+        let id = task_id(&request.get_ref().task_id)?;
+        // Subscribe before the first read, so no change between the two is missed.
+        let subscription = self.events.subscribe(&id);
+        let first = self
+            .broker
+            .task(&id)
+            .await
+            .map_err(Error::from)?
+            .ok_or_else(|| Status::not_found(format!("task {id} not found")))?;
+        let (sender, receiver) = mpsc::channel(16);
+        let broker = self.broker.clone();
+        tokio::spawn(async move {
+            let mut last: Option<pb::Task> = None;
+            let mut next = Some(first);
+            loop {
+                if let Some(record) = next.take() {
+                    let done = record.state.is_final();
+                    let task = task_to_proto(record);
+                    if last.as_ref() != Some(&task) {
+                        if sender.send(Ok(task.clone())).await.is_err() {
+                            return;
+                        }
+                        last = Some(task);
+                    }
+                    if done {
+                        return;
+                    }
+                }
+                tokio::select! {
+                    _ = sender.closed() => return,
+                    _ = subscription.changed(WATCH_POLL) => {}
+                }
+                match broker.task(&id).await {
+                    Ok(Some(record)) => next = Some(record),
+                    Ok(None) => {
+                        let _ = sender
+                            .send(Err(Status::not_found(format!("task {id} expired"))))
+                            .await;
+                        return;
+                    }
+                    // Redis hiccup: keep watching; the client sees nothing until it is back.
+                    Err(error) if error.is_unavailable() => {}
+                    Err(error) => {
+                        let _ = sender.send(Err(Error::from(error).into())).await;
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
+    }
+
+    async fn cancel_task(
+        &self,
+        request: Request<pb::CancelTaskRequest>,
+    ) -> Result<Response<pb::Task>, Status> {
+        let id = task_id(&request.get_ref().task_id)?;
+        let record = self.broker.cancel(&id).await.map_err(Error::from)?;
+        tracing::info!(task_id = %id, state = %record.state, "task cancel requested");
+        Ok(Response::new(task_to_proto(record)))
+    }
+
+    async fn retry_task(
+        &self,
+        request: Request<pb::RetryTaskRequest>,
+    ) -> Result<Response<pb::Task>, Status> {
+        let id = task_id(&request.get_ref().task_id)?;
+        let record = self.broker.retry(&id).await.map_err(Error::from)?;
+        tracing::info!(task_id = %id, "dead task requeued");
+        Ok(Response::new(task_to_proto(record)))
+    }
+
+    async fn list_tasks(
+        &self,
+        request: Request<pb::ListTasksRequest>,
+    ) -> Result<Response<pb::ListTasksResponse>, Status> {
+        let request = request.into_inner();
+        let queue = queue_name(&request.queue, &self.config, "queue")?;
+        let state = convert::state_from_proto(request.state)?;
+        let page_size = match request.page_size {
+            0 => DEFAULT_PAGE_SIZE,
+            n => n.min(MAX_PAGE_SIZE),
+        };
+        let offset = if request.page_token.is_empty() {
+            0
+        } else {
+            request.page_token.parse::<u64>().map_err(|_| {
+                Status::invalid_argument("page_token: is not a token this server issued")
+            })?
+        };
+        let task_type = (!request.task_type.is_empty()).then_some(request.task_type.as_str());
+        let page = self
+            .broker
+            .list_tasks(&queue, state, task_type, offset, u64::from(page_size))
+            .await
+            .map_err(Error::from)?;
+        Ok(Response::new(pb::ListTasksResponse {
+            tasks: page.tasks.into_iter().map(task_to_proto).collect(),
+            next_page_token: page.next_offset.map(|o| o.to_string()).unwrap_or_default(),
+        }))
+    }
+
+    async fn list_queues(
+        &self,
+        _request: Request<pb::ListQueuesRequest>,
+    ) -> Result<Response<pb::ListQueuesResponse>, Status> {
+        let names = self.broker.queue_names().await.map_err(Error::from)?;
+        let mut queues = Vec::with_capacity(names.len());
+        for name in names {
+            let stats = self.broker.queue_stats(&name).await.map_err(Error::from)?;
+            queues.push(convert::queue_to_proto(stats));
+        }
+        Ok(Response::new(pb::ListQueuesResponse { queues }))
+    }
+
+    async fn pause_queue(
+        &self,
+        request: Request<pb::PauseQueueRequest>,
+    ) -> Result<Response<pb::Queue>, Status> {
+        let queue = queue_name(&request.get_ref().queue, &self.config, "queue")?;
+        self.broker
+            .set_paused(&queue, true)
+            .await
+            .map_err(Error::from)?;
+        tracing::info!(%queue, "queue paused");
+        let stats = self.broker.queue_stats(&queue).await.map_err(Error::from)?;
+        Ok(Response::new(convert::queue_to_proto(stats)))
+    }
+
+    async fn resume_queue(
+        &self,
+        request: Request<pb::ResumeQueueRequest>,
+    ) -> Result<Response<pb::Queue>, Status> {
+        let queue = queue_name(&request.get_ref().queue, &self.config, "queue")?;
+        self.broker
+            .set_paused(&queue, false)
+            .await
+            .map_err(Error::from)?;
+        tracing::info!(%queue, "queue resumed");
+        let stats = self.broker.queue_stats(&queue).await.map_err(Error::from)?;
+        Ok(Response::new(convert::queue_to_proto(stats)))
+    }
+
+    async fn purge_dead_tasks(
+        &self,
+        request: Request<pb::PurgeDeadTasksRequest>,
+    ) -> Result<Response<pb::PurgeDeadTasksResponse>, Status> {
+        let queue = queue_name(&request.get_ref().queue, &self.config, "queue")?;
+        let purged = self.broker.purge_dead(&queue).await.map_err(Error::from)?;
+        tracing::info!(%queue, purged, "dead tasks purged");
+        Ok(Response::new(pb::PurgeDeadTasksResponse { purged }))
+    }
+}

@@ -1,0 +1,455 @@
+//! The test harness: real `redis-server`, real scheduler and executor processes, real gRPC
+//! clients. Everything it starts is killed when its handle drops, even when a test panics.
+//!
+//! ```no_run
+//! # async fn demo() -> anyhow::Result<()> {
+//! let h = tarefa_tests::Harness::builder().executors(3).start().await?;
+//! let fib = h.client.submit(tarefa_client::builtin::Fib { n: 90 }).await?.wait().await?;
+//! # Ok(()) }
+//! ```
+
+use std::future::Future;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+/// Multiplies every patience, for slow machines: `TAREFA_TEST_PATIENCE=3`.
+pub fn patience(base: Duration) -> Duration {
+    let factor: f64 = std::env::var("TAREFA_TEST_PATIENCE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1.0);
+    base.mul_f64(factor.max(0.1))
+}
+
+/// Polls `check` every 50 ms until it yields `Some`, or fails after `within` (times the
+/// patience factor) saying what was awaited.
+pub async fn eventually<T, F, Fut>(what: &str, within: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + patience(within);
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {within:?} waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free port")
+}
+
+/// The path of a binary built for these tests (next to the test executable's `deps/`).
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test executable has no target directory");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run the tests with `cargo test --workspace` (it builds the test binaries)",
+        path.display()
+    );
+    path
+}
+
+fn wait_for_port(port: u16, within: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + patience(within);
+    while Instant::now() < deadline {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    bail!("nothing listening on port {port} after {within:?}")
+}
+
+/// A child process killed (SIGKILL) and reaped on drop; its output goes to a log file.
+#[derive(Debug)]
+pub struct Process {
+    child: Option<Child>,
+    name: String,
+    log: PathBuf,
+}
+
+impl Process {
+    fn spawn(name: &str, command: &mut Command, log: PathBuf) -> anyhow::Result<Self> {
+        let file = std::fs::File::create(&log)?;
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(file.try_clone()?)
+            .stderr(file)
+            .spawn()
+            .with_context(|| format!("cannot start {name}"))?;
+        Ok(Self {
+            child: Some(child),
+            name: name.to_owned(),
+            log,
+        })
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> Pid {
+        Pid::from_raw(self.child.as_ref().map_or(0, |c| c.id() as i32))
+    }
+
+    /// Sends `signal` (SIGSTOP, SIGCONT, SIGTERM, …).
+    pub fn signal(&self, signal: Signal) {
+        let _ = kill(self.pid(), signal);
+    }
+
+    /// SIGKILLs and reaps it.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Sends SIGTERM and waits up to `within` for a clean exit; returns whether it exited 0.
+    pub fn terminate(&mut self, within: Duration) -> bool {
+        self.signal(Signal::SIGTERM);
+        let deadline = Instant::now() + within;
+        while let Some(child) = self.child.as_mut() {
+            if let Ok(Some(status)) = child.try_wait() {
+                self.child = None;
+                return status.success();
+            }
+            if Instant::now() > deadline {
+                self.kill();
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    /// True while it runs.
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// Its log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log = self.log();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            eprintln!(
+                "---- last lines of {} ({}) ----",
+                self.name,
+                self.log.display()
+            );
+            for line in tail.into_iter().rev() {
+                eprintln!("{line}");
+            }
+        }
+        // SIGCONT first, in case a test left it stopped.
+        self.signal(Signal::SIGCONT);
+        self.kill();
+    }
+}
+
+/// A private `redis-server` on a free port with its own directory.
+#[derive(Debug)]
+pub struct Redis {
+    process: Option<Process>,
+    port: u16,
+    dir: tempfile::TempDir,
+    aof_always: bool,
+}
+
+impl Redis {
+    /// Starts one without persistence.
+    pub fn start() -> anyhow::Result<Self> {
+        Self::start_with(false)
+    }
+
+    /// Starts one; with `aof_always`, every write is fsynced to the AOF before Redis answers.
+    pub fn start_with(aof_always: bool) -> anyhow::Result<Self> {
+        let mut redis = Self {
+            process: None,
+            port: free_port(),
+            dir: tempfile::tempdir()?,
+            aof_always,
+        };
+        redis.launch()?;
+        Ok(redis)
+    }
+
+    fn launch(&mut self) -> anyhow::Result<()> {
+        let mut command = Command::new("redis-server");
+        command
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--maxmemory-policy", "noeviction"])
+            .arg("--dir")
+            .arg(self.dir.path());
+        if self.aof_always {
+            command.args(["--appendonly", "yes", "--appendfsync", "always"]);
+        } else {
+            command.args(["--appendonly", "no"]);
+        }
+        let log = self.dir.path().join(format!("redis-{}.log", self.port));
+        let process = Process::spawn("redis-server", &mut command, log).map_err(|e| {
+            e.context("redis-server is required for the tests: install it (Debian/Ubuntu: apt-get install redis-server; macOS: brew install redis)")
+        })?;
+        self.process = Some(process);
+        wait_for_port(self.port, Duration::from_secs(10))?;
+        // Wait until it has loaded its data set and answers.
+        let url = self.url();
+        let deadline = Instant::now() + patience(Duration::from_secs(10));
+        loop {
+            let ok = redis::Client::open(url.as_str())
+                .and_then(|c| c.get_connection())
+                .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
+                .is_ok();
+            if ok {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("redis-server on {} does not answer PING", self.port);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `redis://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// SIGKILLs it (no chance to flush anything).
+    pub fn kill(&mut self) {
+        if let Some(mut process) = self.process.take() {
+            process.kill();
+        }
+    }
+
+    /// Starts it again on the same port and directory (reloading the AOF if enabled).
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.kill();
+        self.launch()
+    }
+
+    /// A synchronous connection, for inspecting and corrupting state in tests.
+    pub fn connection(&self) -> redis::Connection {
+        redis::Client::open(self.url().as_str())
+            .and_then(|c| c.get_connection())
+            .expect("connect to the test redis")
+    }
+}
+
+/// A running scheduler process.
+#[derive(Debug)]
+pub struct Scheduler {
+    /// The process.
+    pub process: Process,
+    /// `http://127.0.0.1:<port>` for gRPC.
+    pub endpoint: String,
+    /// `127.0.0.1:<port>` of the HTTP side.
+    pub http_addr: String,
+}
+
+/// Builds a [`Harness`].
+#[derive(Debug, Clone)]
+pub struct HarnessBuilder {
+    executors: usize,
+    executor_args: Vec<String>,
+    scheduler_args: Vec<String>,
+    aof_always: bool,
+}
+
+/// Redis, a scheduler, executors and a client, all real.
+#[derive(Debug)]
+pub struct Harness {
+    /// The Redis.
+    pub redis: Redis,
+    /// The scheduler.
+    pub scheduler: Scheduler,
+    /// The executors, in start order.
+    pub executors: Vec<Process>,
+    /// A client connected to the scheduler.
+    pub client: tarefa_client::Client,
+    executor_args: Vec<String>,
+    dir: tempfile::TempDir,
+    started_executors: usize,
+}
+
+impl Harness {
+    /// A builder: one executor, default flags.
+    pub fn builder() -> HarnessBuilder {
+        HarnessBuilder {
+            executors: 1,
+            executor_args: Vec::new(),
+            scheduler_args: Vec::new(),
+            aof_always: false,
+        }
+    }
+
+    /// Starts another executor with the harness's executor flags plus `extra`.
+    pub fn add_executor(&mut self, extra: &[&str]) -> anyhow::Result<usize> {
+        self.started_executors += 1;
+        let n = self.started_executors;
+        let id = format!("executor-{n}");
+        let mut command = Command::new(binary("tarefa-executor"));
+        command
+            .args(["--redis-url", &self.redis.url(), "--executor-id", &id])
+            .args(&self.executor_args)
+            .args(extra)
+            .env("RUST_LOG", "info");
+        let log = self.dir.path().join(format!("{id}.log"));
+        self.executors.push(Process::spawn(&id, &mut command, log)?);
+        Ok(self.executors.len() - 1)
+    }
+
+    /// Starts the scheduler again (after killing it) on the same port.
+    pub fn restart_scheduler(&mut self, extra: &[String]) -> anyhow::Result<()> {
+        self.scheduler.process.kill();
+        let port: u16 = self
+            .scheduler
+            .endpoint
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .context("scheduler port")?;
+        self.scheduler = start_scheduler(&self.redis, self.dir.path(), port, extra)?;
+        Ok(())
+    }
+
+    /// Waits until `n` executors have sent a heartbeat on `queue`.
+    pub async fn wait_for_executors(&self, queue: &str, n: usize) {
+        let client = self.client.clone();
+        let queue = queue.to_owned();
+        eventually(
+            &format!("{n} executors heartbeating on {queue}"),
+            Duration::from_secs(20),
+            || {
+                let client = client.clone();
+                let queue = queue.clone();
+                async move {
+                    let queues = client.list_queues().await.ok()?;
+                    let q = queues.into_iter().find(|q| q.name == queue)?;
+                    (q.executors.len() >= n).then_some(())
+                }
+            },
+        )
+        .await;
+    }
+
+    /// Waits until `task_id` is in a final state and returns it.
+    pub async fn wait_final(&self, task_id: &str, within: Duration) -> tarefa_proto::Task {
+        let client = self.client.clone();
+        eventually(&format!("task {task_id} to finish"), within, || {
+            let client = client.clone();
+            async move {
+                let task = client.get(task_id).await.ok()?;
+                matches!(
+                    task.state(),
+                    tarefa_proto::TaskState::Succeeded
+                        | tarefa_proto::TaskState::Dead
+                        | tarefa_proto::TaskState::Cancelled
+                )
+                .then_some(task)
+            }
+        })
+        .await
+    }
+}
+
+fn start_scheduler(
+    redis: &Redis,
+    dir: &Path,
+    port: u16,
+    extra: &[String],
+) -> anyhow::Result<Scheduler> {
+    let http_port = free_port();
+    let mut command = Command::new(binary("tarefa-scheduler"));
+    command
+        .args(["--redis-url", &redis.url()])
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--http-listen", &format!("127.0.0.1:{http_port}")])
+        .args(extra)
+        .env("RUST_LOG", "info");
+    let process = Process::spawn(
+        "scheduler",
+        &mut command,
+        dir.join(format!("scheduler-{port}.log")),
+    )?;
+    wait_for_port(port, Duration::from_secs(20))?;
+    Ok(Scheduler {
+        process,
+        endpoint: format!("http://127.0.0.1:{port}"),
+        http_addr: format!("127.0.0.1:{http_port}"),
+    })
+}
+
+impl HarnessBuilder {
+    /// How many executors to start.
+    pub fn executors(mut self, n: usize) -> Self {
+        self.executors = n;
+        self
+    }
+
+    /// Flags for every executor, e.g. `["--lease-ms", "1000"]`.
+    pub fn executor_args(mut self, args: &[&str]) -> Self {
+        self.executor_args = args.iter().map(|a| (*a).to_owned()).collect();
+        self
+    }
+
+    /// Flags for the scheduler.
+    pub fn scheduler_args(mut self, args: &[&str]) -> Self {
+        self.scheduler_args = args.iter().map(|a| (*a).to_owned()).collect();
+        self
+    }
+
+    /// Redis with AOF and `appendfsync always`.
+    pub fn aof_always(mut self) -> Self {
+        self.aof_always = true;
+        self
+    }
+
+    /// Starts everything and connects the client.
+    pub async fn start(self) -> anyhow::Result<Harness> {
+        let redis = Redis::start_with(self.aof_always)?;
+        let dir = tempfile::tempdir()?;
+        let scheduler = start_scheduler(&redis, dir.path(), free_port(), &self.scheduler_args)?;
+        let client = tarefa_client::Client::connect(scheduler.endpoint.clone()).await?;
+        let mut harness = Harness {
+            redis,
+            scheduler,
+            executors: Vec::new(),
+            client,
+            executor_args: self.executor_args,
+            dir,
+            started_executors: 0,
+        };
+        for _ in 0..self.executors {
+            harness.add_executor(&[])?;
+        }
+        Ok(harness)
+    }
+}

@@ -1,0 +1,5 @@
+//! Tarefa's integration scenarios, one test binary: real Redis, real scheduler and executor
+//! processes, real gRPC clients. The harness lives in `tests/src/lib.rs`.
+
+mod reliability;
+mod spine;

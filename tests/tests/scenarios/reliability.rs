@@ -1,0 +1,1 @@
+//! Never lose a task: faults injected into real processes.
