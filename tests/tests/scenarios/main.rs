@@ -1,5 +1,8 @@
 //! Tarefa's integration scenarios, one test binary: real Redis, real scheduler and executor
 //! processes, real gRPC clients. The harness lives in `tests/src/lib.rs`.
 
+mod dashboard;
+mod polyglot;
 mod reliability;
 mod spine;
+mod tracing;
