@@ -1,1 +1,640 @@
-//! Never lose a task: faults injected into real processes.
+//! Never lose a task: the fault tests of issue 3, injected into real processes (SIGKILL,
+//! SIGSTOP, Redis killed and restarted), plus the reconciler healing corrupted state.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use nix::sys::signal::Signal;
+use tarefa_client::SubmitOptions;
+use tarefa_client::builtin::{Crash, Echo, Fail, Flaky, Sleep, SleepOutput};
+use tarefa_proto::{self as pb, TaskState};
+use tarefa_tests::{Harness, eventually};
+use tonic::Code;
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+async fn queue_stats(h: &Harness, name: &str) -> Option<pb::Queue> {
+    h.client
+        .list_queues()
+        .await
+        .ok()?
+        .into_iter()
+        .find(|q| q.name == name)
+}
+
+async fn wait_state(h: &Harness, task_id: &str, state: TaskState, within: Duration) -> pb::Task {
+    let client = h.client.clone();
+    eventually(&format!("task {task_id} to be {state:?}"), within, || {
+        let client = client.clone();
+        async move {
+            let task = client.get(task_id).await.ok()?;
+            (task.state() == state).then_some(task)
+        }
+    })
+    .await
+}
+
+/// 1. SIGKILL an executor holding 50 running tasks: all 50 succeed on another executor, and
+/// only the killed ones ran twice.
+#[tokio::test]
+async fn killed_executor_tasks_are_redelivered() -> anyhow::Result<()> {
+    let mut h = Harness::builder()
+        .executors(0)
+        .executor_args(&["--lease-ms", "1500", "--concurrency", "50"])
+        .start()
+        .await?;
+    h.add_executor(&[])?;
+    let ids: Vec<String> = h
+        .client
+        .submit_many(
+            (0..50).map(|_| Sleep { ms: 1500 }),
+            &SubmitOptions::default(),
+        )
+        .await?
+        .into_iter()
+        .map(|t| t.id().to_owned())
+        .collect();
+    eventually(
+        "50 tasks running on the first executor",
+        Duration::from_secs(20),
+        || async {
+            let q = queue_stats(&h, "default").await?;
+            (q.running == 50).then_some(())
+        },
+    )
+    .await;
+    h.executors[0].kill();
+    h.add_executor(&[])?;
+    let mut redelivered = 0;
+    for id in &ids {
+        let task = h.wait_final(id, Duration::from_secs(30)).await;
+        assert_eq!(
+            task.state(),
+            TaskState::Succeeded,
+            "{id}: {}",
+            task.last_error
+        );
+        assert_eq!(task.executor_id, "executor-2");
+        let output: SleepOutput = serde_json::from_slice(&task.result)?;
+        assert_eq!(output.executor_id, "executor-2");
+        assert!(task.attempt <= 2, "{id} ran {} times", task.attempt);
+        if task.attempt == 2 {
+            redelivered += 1;
+            assert!(
+                task.errors[0].message.contains("lease expired"),
+                "{:?}",
+                task.errors
+            );
+        }
+    }
+    // Every task was running on the killed executor, so each ran exactly twice: duplicates
+    // are the killed attempts and nothing else.
+    assert_eq!(redelivered, 50);
+    Ok(())
+}
+
+/// 2. Redis SIGKILLed during a submit load, with AOF `appendfsync always`, then restarted:
+/// every task whose submit returned OK reaches a final state.
+#[tokio::test]
+async fn redis_killed_under_load_loses_no_acknowledged_task() -> anyhow::Result<()> {
+    let mut h = Harness::builder().aof_always().executors(1).start().await?;
+    let accepted = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut producers = Vec::new();
+    for _ in 0..8 {
+        let client = h.client.clone();
+        let accepted = accepted.clone();
+        let stop = stop.clone();
+        producers.push(tokio::spawn(async move {
+            let mut codes = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                match client.submit(Echo(serde_json::json!({"k": 1}))).await {
+                    Ok(handle) => accepted.lock().expect("lock").push(handle.id().to_owned()),
+                    Err(error) => {
+                        codes.push(error.code());
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            }
+            codes
+        }));
+    }
+    eventually("some submits accepted", Duration::from_secs(10), || async {
+        (accepted.lock().expect("lock").len() >= 200).then_some(())
+    })
+    .await;
+    h.redis.kill();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    h.redis.restart()?;
+    let before = accepted.lock().expect("lock").len();
+    eventually(
+        "submits accepted again after the restart",
+        Duration::from_secs(20),
+        || async { (accepted.lock().expect("lock").len() > before + 50).then_some(()) },
+    )
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    for producer in producers {
+        for code in producer.await? {
+            assert_eq!(
+                code,
+                Some(Code::Unavailable),
+                "only UNAVAILABLE while redis was down"
+            );
+        }
+    }
+    let ids = accepted.lock().expect("lock").clone();
+    for id in &ids {
+        let task = h.wait_final(id, Duration::from_secs(30)).await;
+        assert_eq!(task.state(), TaskState::Succeeded, "{id}");
+    }
+    Ok(())
+}
+
+/// 3. A poison task whose handler aborts the executor: DEAD after the configured deliveries,
+/// while every other task succeeds. Executors that die are restarted, as a supervisor would.
+#[tokio::test]
+async fn poison_task_goes_dead_after_max_deliveries() -> anyhow::Result<()> {
+    let mut h = Harness::builder()
+        .executors(2)
+        .executor_args(&[
+            "--lease-ms",
+            "1000",
+            "--max-deliveries",
+            "3",
+            "--enable-crash-handler",
+        ])
+        .start()
+        .await?;
+    let options = SubmitOptions {
+        max_attempts: Some(10),
+        ..SubmitOptions::default()
+    };
+    let poison = h.client.submit_with(Crash {}, &options).await?;
+    let others: Vec<String> = h
+        .client
+        .submit_many(
+            (0..20).map(|i| Echo(serde_json::json!(i))),
+            &SubmitOptions::default(),
+        )
+        .await?
+        .into_iter()
+        .map(|t| t.id().to_owned())
+        .collect();
+    let deadline = Instant::now() + tarefa_tests::patience(Duration::from_secs(60));
+    let task = loop {
+        let task = h.client.get(poison.id()).await?;
+        if task.state() == TaskState::Dead {
+            break task;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "poison task still {:?}",
+            task.state()
+        );
+        let crashed: Vec<usize> = (0..h.executors.len())
+            .filter(|&i| !h.executors[i].is_running())
+            .collect();
+        for _ in &crashed {
+            h.add_executor(&[])?;
+        }
+        for i in crashed.into_iter().rev() {
+            h.executors.remove(i);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(task.attempt, 3, "one attempt per delivery");
+    assert!(task.last_error.contains("poison"), "{}", task.last_error);
+    for id in &others {
+        let other = h.wait_final(id, Duration::from_secs(30)).await;
+        assert_eq!(other.state(), TaskState::Succeeded, "{id}");
+    }
+    Ok(())
+}
+
+/// 4. Redis frozen (SIGSTOP) for 5 s under load: clients get UNAVAILABLE within the bounded
+/// time, never a hang or UNKNOWN; afterwards every accepted task completes.
+#[tokio::test]
+async fn redis_outage_gives_unavailable_then_recovers() -> anyhow::Result<()> {
+    let h = Harness::builder().executors(1).start().await?;
+    let accepted = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut producers = Vec::new();
+    for _ in 0..4 {
+        let client = h.client.clone();
+        let accepted = accepted.clone();
+        let stop = stop.clone();
+        producers.push(tokio::spawn(async move {
+            let mut failures = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let started = Instant::now();
+                match client.submit(Sleep { ms: 5 }).await {
+                    Ok(handle) => accepted.lock().expect("lock").push(handle.id().to_owned()),
+                    Err(error) => {
+                        failures.push((error.code(), started.elapsed()));
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            }
+            failures
+        }));
+    }
+    eventually("submits flowing", Duration::from_secs(10), || async {
+        (accepted.lock().expect("lock").len() >= 50).then_some(())
+    })
+    .await;
+    let redis_pid = redis_pid(&h);
+    nix::sys::signal::kill(redis_pid, Signal::SIGSTOP)?;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    nix::sys::signal::kill(redis_pid, Signal::SIGCONT)?;
+    let before = accepted.lock().expect("lock").len();
+    eventually(
+        "submits accepted after the outage",
+        Duration::from_secs(20),
+        || async { (accepted.lock().expect("lock").len() > before + 20).then_some(()) },
+    )
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    let mut unavailable = 0;
+    for producer in producers {
+        for (code, took) in producer.await? {
+            assert_eq!(code, Some(Code::Unavailable), "an outage is UNAVAILABLE");
+            assert!(
+                took < Duration::from_millis(4000),
+                "a failed submit took {took:?}"
+            );
+            unavailable += 1;
+        }
+    }
+    assert!(unavailable > 0, "the outage was visible to clients");
+    let ids = accepted.lock().expect("lock").clone();
+    for id in &ids {
+        let task = h.wait_final(id, Duration::from_secs(30)).await;
+        assert_eq!(task.state(), TaskState::Succeeded, "{id}");
+    }
+    Ok(())
+}
+
+fn redis_pid(h: &Harness) -> nix::unistd::Pid {
+    let mut con = h.redis.connection();
+    let info: String = redis::cmd("INFO")
+        .arg("server")
+        .query(&mut con)
+        .expect("INFO");
+    let pid = info
+        .lines()
+        .find_map(|l| l.strip_prefix("process_id:"))
+        .and_then(|p| p.trim().parse().ok())
+        .expect("process_id in INFO");
+    nix::unistd::Pid::from_raw(pid)
+}
+
+/// 5. Retries with backoff, DEAD after max_attempts with every error kept, RetryTask.
+#[tokio::test]
+async fn retries_back_off_then_dead_then_retry_task() -> anyhow::Result<()> {
+    let h = Harness::builder().start().await?;
+    let options = SubmitOptions {
+        max_attempts: Some(5),
+        backoff_initial: Some(Duration::from_millis(400)),
+        ..SubmitOptions::default()
+    };
+    let flaky = h
+        .client
+        .submit_with(Flaky { failures: 2 }, &options)
+        .await?;
+    assert_eq!(flaky.wait().await?, 3, "succeeds on attempt 3");
+    let task = h.client.get(flaky.id()).await?;
+    assert_eq!(task.attempt, 3);
+    assert_eq!(task.errors.len(), 2);
+    // Full jitter keeps at least half of each delay: 200 ms, then 400 ms.
+    let first_gap = task.errors[1].at_ms - task.errors[0].at_ms;
+    assert!(
+        first_gap >= 200,
+        "backoff after attempt 1 was {first_gap} ms"
+    );
+    let second_gap = task.started_at_ms - task.errors[1].at_ms;
+    assert!(
+        second_gap >= 400,
+        "backoff after attempt 2 was {second_gap} ms"
+    );
+
+    let options = SubmitOptions {
+        max_attempts: Some(3),
+        backoff_initial: Some(Duration::from_millis(50)),
+        ..SubmitOptions::default()
+    };
+    let fail = Fail {
+        message: "boom".to_owned(),
+        permanent: false,
+    };
+    let dead = h.client.submit_with(fail, &options).await?;
+    let task = h.wait_final(dead.id(), Duration::from_secs(20)).await;
+    assert_eq!(task.state(), TaskState::Dead);
+    assert_eq!(task.attempt, 3);
+    let attempts: Vec<u32> = task.errors.iter().map(|e| e.attempt).collect();
+    assert_eq!(attempts, vec![1, 2, 3]);
+    assert!(task.errors.iter().all(|e| e.message == "boom"));
+    let listed = h
+        .client
+        .list_tasks(pb::ListTasksRequest {
+            queue: "default".to_owned(),
+            state: TaskState::Dead as i32,
+            ..Default::default()
+        })
+        .await?;
+    assert!(listed.tasks.iter().any(|t| t.task_id == dead.id()));
+
+    let retried = h.client.retry(dead.id()).await?;
+    assert_eq!(retried.state(), TaskState::Queued);
+    assert_eq!(retried.attempt, 0);
+    let again = eventually(
+        "the retried task to run again",
+        Duration::from_secs(20),
+        || async {
+            let t = h.client.get(dead.id()).await.ok()?;
+            (t.state() == TaskState::Dead && t.errors.len() == 6).then_some(t)
+        },
+    )
+    .await;
+    assert_eq!(again.attempt, 3, "the attempt count restarted from 1");
+    let not_dead = h.client.retry(flaky.id()).await.unwrap_err();
+    assert_eq!(not_dead.code(), Some(Code::FailedPrecondition));
+
+    let permanent = Fail {
+        message: "bad input".to_owned(),
+        permanent: true,
+    };
+    let permanent = h.client.submit_with(permanent, &options).await?;
+    let task = h.wait_final(permanent.id(), Duration::from_secs(20)).await;
+    assert_eq!(
+        (task.state(), task.attempt),
+        (TaskState::Dead, 1),
+        "no retry"
+    );
+    Ok(())
+}
+
+/// 6. A 5 s task under a 1 s lease is never run twice while its executor lives.
+#[tokio::test]
+async fn long_task_keeps_its_lease() -> anyhow::Result<()> {
+    let h = Harness::builder()
+        .executors(2)
+        .executor_args(&["--lease-ms", "1000"])
+        .start()
+        .await?;
+    let handle = h.client.submit(Sleep { ms: 5000 }).await?;
+    let output = handle.wait().await?;
+    let task = h.client.get(handle.id()).await?;
+    assert_eq!(task.attempt, 1);
+    assert!(task.errors.is_empty(), "{:?}", task.errors);
+    assert_eq!(output.attempt, 1);
+    assert_eq!(output.executor_id, task.executor_id);
+    Ok(())
+}
+
+/// 7. Delayed tasks run no earlier than their time, exactly once, with three executors
+/// promoting concurrently.
+#[tokio::test]
+async fn delayed_tasks_run_once_on_time() -> anyhow::Result<()> {
+    let h = Harness::builder().executors(3).start().await?;
+    h.wait_for_executors("default", 3).await;
+    let options = SubmitOptions {
+        delay: Some(Duration::from_millis(1500)),
+        ..SubmitOptions::default()
+    };
+    let submitted_at = now_ms();
+    let handles = h
+        .client
+        .submit_many((0..60).map(|_| Sleep { ms: 1 }), &options)
+        .await?;
+    let first = h.client.get(handles[0].id()).await?;
+    assert_eq!(first.state(), TaskState::Scheduled);
+    assert!(first.run_at_ms >= submitted_at + 1500);
+    for handle in &handles {
+        let task = h.wait_final(handle.id(), Duration::from_secs(20)).await;
+        assert_eq!(task.state(), TaskState::Succeeded);
+        assert_eq!(task.attempt, 1, "ran once");
+        assert!(
+            task.started_at_ms >= task.run_at_ms,
+            "started {} before {}",
+            task.started_at_ms,
+            task.run_at_ms
+        );
+    }
+    Ok(())
+}
+
+/// 8. Cancel before run (scheduled and queued), and while running (the handler observes it).
+#[tokio::test]
+async fn cancel_before_and_while_running() -> anyhow::Result<()> {
+    let mut h = Harness::builder().executors(1).start().await?;
+    let later = SubmitOptions {
+        delay: Some(Duration::from_secs(3600)),
+        ..SubmitOptions::default()
+    };
+    let scheduled = h.client.submit_with(Sleep { ms: 1 }, &later).await?;
+    let cancelled = h.client.cancel(scheduled.id()).await?;
+    assert_eq!(cancelled.state(), TaskState::Cancelled);
+
+    // Queued in a queue nobody serves yet; then an executor arrives and must skip it.
+    let idle = SubmitOptions::queue("idle");
+    let queued = h.client.submit_with(Sleep { ms: 1 }, &idle).await?;
+    assert_eq!(
+        h.client.cancel(queued.id()).await?.state(),
+        TaskState::Cancelled
+    );
+    h.add_executor(&["--queues", "idle"])?;
+    let after = h.client.submit_with(Sleep { ms: 1 }, &idle).await?;
+    after.wait().await?;
+    let queued = h.client.get(queued.id()).await?;
+    assert_eq!(
+        (queued.state(), queued.attempt, queued.started_at_ms),
+        (TaskState::Cancelled, 0, 0)
+    );
+
+    let running = h.client.submit(Sleep { ms: 30_000 }).await?;
+    wait_state(
+        &h,
+        running.id(),
+        TaskState::Running,
+        Duration::from_secs(10),
+    )
+    .await;
+    let asked = now_ms();
+    let flagged = h.client.cancel(running.id()).await?;
+    assert!(flagged.cancel_requested);
+    let task = wait_state(
+        &h,
+        running.id(),
+        TaskState::Cancelled,
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(
+        task.finished_at_ms.saturating_sub(asked) < 1500,
+        "the handler stopped {} ms after the cancel",
+        task.finished_at_ms.saturating_sub(asked)
+    );
+    assert!(
+        task.last_error.contains("interrupted by cancellation"),
+        "{}",
+        task.last_error
+    );
+    let again = h.client.cancel(running.id()).await.unwrap_err();
+    assert_eq!(again.code(), Some(Code::FailedPrecondition));
+    Ok(())
+}
+
+/// 9. An executor frozen past its lease (SIGSTOP) loses the task to another executor; when it
+/// wakes (SIGCONT) its late outcome is rejected, and the recorded result is the second one's.
+#[tokio::test]
+async fn stalled_executor_outcome_is_fenced() -> anyhow::Result<()> {
+    let mut h = Harness::builder()
+        .executors(1)
+        .executor_args(&["--lease-ms", "1000"])
+        .start()
+        .await?;
+    let handle = h.client.submit(Sleep { ms: 1500 }).await?;
+    wait_state(&h, handle.id(), TaskState::Running, Duration::from_secs(10)).await;
+    h.executors[0].signal(Signal::SIGSTOP);
+    h.add_executor(&[])?;
+    let task = eventually(
+        "the second executor to run attempt 2",
+        Duration::from_secs(15),
+        || async {
+            let t = h.client.get(handle.id()).await.ok()?;
+            (t.attempt == 2 && t.executor_id == "executor-2").then_some(t)
+        },
+    )
+    .await;
+    assert!(task.errors[0].message.contains("lease expired"));
+    // Wake the first executor while the second still runs the task: its attempt is stale.
+    h.executors[0].signal(Signal::SIGCONT);
+    let task = h.wait_final(handle.id(), Duration::from_secs(15)).await;
+    assert_eq!(task.state(), TaskState::Succeeded);
+    assert_eq!((task.attempt, task.executor_id.as_str()), (2, "executor-2"));
+    let output: SleepOutput = serde_json::from_slice(&task.result)?;
+    assert_eq!(output.executor_id, "executor-2");
+    assert_eq!(output.attempt, 2);
+    let first_log = &h.executors[0];
+    eventually(
+        "the first executor to notice it lost the task",
+        Duration::from_secs(10),
+        || async {
+            let log = first_log.log();
+            (log.contains("lease lost") || log.contains("outcome rejected")).then_some(())
+        },
+    )
+    .await;
+    Ok(())
+}
+
+/// 10. A hundred concurrent submits with one idempotency key create exactly one task.
+#[tokio::test]
+async fn concurrent_idempotent_submits_create_one_task() -> anyhow::Result<()> {
+    let h = Harness::builder().executors(0).start().await?;
+    let options = SubmitOptions {
+        idempotency_key: Some("order-42".to_owned()),
+        ..SubmitOptions::default()
+    };
+    let submits = (0..100).map(|_| {
+        let client = h.client.clone();
+        let options = options.clone();
+        async move {
+            client
+                .submit_with(Echo(serde_json::json!("once")), &options)
+                .await
+        }
+    });
+    let results = futures::future::join_all(submits).await;
+    let mut ids = HashSet::new();
+    let mut fresh = 0;
+    for result in results {
+        let handle = result?;
+        ids.insert(handle.id().to_owned());
+        if !handle.deduplicated() {
+            fresh += 1;
+        }
+    }
+    assert_eq!(ids.len(), 1, "one task id for every submit");
+    assert_eq!(fresh, 1, "exactly one submit created it");
+    let q = queue_stats(&h, "default").await.expect("default queue");
+    assert_eq!((q.submitted_total, q.queued), (1, 1));
+    Ok(())
+}
+
+/// The reconciler heals what no other path would: a scheduled task missing from its sorted
+/// set, and a RUNNING task whose lease vanished while its executor died.
+#[tokio::test]
+async fn reconciler_repairs_lost_indexes() -> anyhow::Result<()> {
+    let mut h = Harness::builder()
+        .executors(1)
+        .executor_args(&["--lease-ms", "1000", "--reconcile-interval-ms", "300"])
+        .start()
+        .await?;
+    let options = SubmitOptions {
+        delay: Some(Duration::from_millis(800)),
+        ..SubmitOptions::default()
+    };
+    let scheduled = h.client.submit_with(Sleep { ms: 1 }, &options).await?;
+    let local = scheduled
+        .id()
+        .split_once(':')
+        .map(|(_, l)| l.to_owned())
+        .expect("id");
+    let mut con = h.redis.connection();
+    let removed: i64 = redis::cmd("ZREM")
+        .arg("tarefa:{default}:scheduled")
+        .arg(&local)
+        .query(&mut con)?;
+    assert_eq!(removed, 1);
+    let task = h.wait_final(scheduled.id(), Duration::from_secs(30)).await;
+    assert_eq!(task.state(), TaskState::Succeeded, "re-indexed and run");
+
+    let running = h.client.submit(Sleep { ms: 3000 }).await?;
+    wait_state(
+        &h,
+        running.id(),
+        TaskState::Running,
+        Duration::from_secs(10),
+    )
+    .await;
+    h.executors[0].kill();
+    let local = running
+        .id()
+        .split_once(':')
+        .map(|(_, l)| l.to_owned())
+        .expect("id");
+    let removed: i64 = redis::cmd("ZREM")
+        .arg("tarefa:{default}:leases")
+        .arg(&local)
+        .query(&mut con)?;
+    assert_eq!(removed, 1, "the lease existed");
+    h.add_executor(&[])?;
+    let task = h.wait_final(running.id(), Duration::from_secs(40)).await;
+    assert_eq!(task.state(), TaskState::Succeeded);
+    assert_eq!((task.attempt, task.executor_id.as_str()), (2, "executor-2"));
+    Ok(())
+}
+
+/// SIGTERM: the executor stops reading, finishes its in-flight task, exits cleanly.
+#[tokio::test]
+async fn sigterm_drains_in_flight_tasks() -> anyhow::Result<()> {
+    let mut h = Harness::builder().executors(1).start().await?;
+    let handle = h.client.submit(Sleep { ms: 1500 }).await?;
+    wait_state(&h, handle.id(), TaskState::Running, Duration::from_secs(10)).await;
+    // Blocking here is fine: nothing else runs on this test's runtime meanwhile.
+    let clean = h.executors[0].terminate(Duration::from_secs(20));
+    assert!(clean, "exited 0");
+    let task = h.client.get(handle.id()).await?;
+    assert_eq!((task.state(), task.attempt), (TaskState::Succeeded, 1));
+    assert!(h.executors[0].log().contains("executor drained"));
+    Ok(())
+}

@@ -34,7 +34,11 @@ async fn fib_of_a_hundred_thousand_is_exact() -> anyhow::Result<()> {
     for _ in 0..100_000 {
         (x, y) = (y, (x + y) % 1_000_000_000);
     }
-    assert!(f.ends_with(&format!("{x:09}")), "F(100000) ends {}", &f[f.len() - 9..]);
+    assert!(
+        f.ends_with(&format!("{x:09}")),
+        "F(100000) ends {}",
+        &f[f.len() - 9..]
+    );
     Ok(())
 }
 
