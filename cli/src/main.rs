@@ -1,6 +1,7 @@
 //! `tarefa`: the command line. `tarefa dev` runs the whole system on a laptop; the other
 //! commands talk to a scheduler over gRPC.
 
+mod bench;
 mod dev;
 mod ops;
 
@@ -30,7 +31,16 @@ struct Cli {
     #[arg(long, global = true)]
     json: bool,
     #[command(subcommand)]
-    command: Command,
+    command: TopLevel,
+}
+
+/// `bench` beside the other commands (kept out of [`Command`], which `ops` matches on).
+#[derive(Debug, Subcommand)]
+enum TopLevel {
+    /// Measure throughput, latency and memory on a private Redis, scheduler and executors.
+    Bench(bench::BenchArgs),
+    #[command(flatten)]
+    Other(Command),
 }
 
 #[derive(Debug, Subcommand)]
@@ -81,7 +91,7 @@ enum Command {
 async fn main() {
     let cli = Cli::parse();
     let code = match cli.command {
-        Command::Dev(args) => {
+        TopLevel::Other(Command::Dev(args)) => {
             let _telemetry = tarefa_telemetry::init("tarefa-dev");
             match dev::run(args).await {
                 Ok(()) => 0,
@@ -91,7 +101,14 @@ async fn main() {
                 }
             }
         }
-        command => match ops::run(&cli.scheduler, cli.json, command).await {
+        TopLevel::Bench(args) => match bench::run(args, cli.json).await {
+            Ok(()) => 0,
+            Err(error) => {
+                eprintln!("tarefa bench: {error:#}");
+                EXIT_FAILED
+            }
+        },
+        TopLevel::Other(command) => match ops::run(&cli.scheduler, cli.json, command).await {
             Ok(code) => code,
             Err(error) => {
                 eprintln!("tarefa: {error}");

@@ -62,6 +62,16 @@ pub struct Config {
     /// tests and demos of poison-task handling only.
     #[arg(long, env = "TAREFA_ENABLE_CRASH_HANDLER", default_value_t = false)]
     pub enable_crash_handler: bool,
+    /// Task types run by a remote handler in any language: `TYPE=grpc://HOST:PORT` (the
+    /// `tarefa.v1.TaskHandler` service) or `TYPE=http://HOST:PORT/PATH` (a POST per attempt).
+    /// Repeat the flag, or separate with commas. Replaces a built-in handler of the same type.
+    #[arg(
+        long = "handler",
+        value_name = "TYPE=URL",
+        env = "TAREFA_HANDLERS",
+        value_delimiter = ','
+    )]
+    pub handlers: Vec<crate::remote::HandlerSpec>,
 }
 
 impl Config {
@@ -83,6 +93,7 @@ impl Config {
             dead_ttl_secs: 7 * 24 * 3600,
             metrics_listen: "off".to_owned(),
             enable_crash_handler: false,
+            handlers: Vec::new(),
         }
     }
 

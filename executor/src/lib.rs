@@ -5,6 +5,7 @@
 //! - `config`: flags and environment.
 //! - [`handler`]: the handler API ([`TaskContext`], [`HandlerError`], [`Registry`]).
 //! - [`builtin`]: the demo handlers (`fib`, `sleep`, `echo`, `flaky`, `fail`, `crash`).
+//! - [`remote`]: handlers in another process, any language, over gRPC or HTTP (`--handler`).
 //! - `worker`: read, claim, run, write outcomes, heartbeat, maintenance.
 //! - `metrics`: Prometheus metrics, served on `--metrics-listen`.
 //!
@@ -41,6 +42,7 @@ pub mod builtin;
 mod config;
 pub mod handler;
 mod metrics;
+pub mod remote;
 mod worker;
 
 use std::future::Future;
@@ -83,6 +85,9 @@ pub async fn run(
     if config.concurrency == 0 {
         return Err(Error::Config("--concurrency must be at least 1".to_owned()));
     }
+    // `--handler` routes: on top of (and replacing) the caller's handlers of the same type.
+    let mut registry = registry;
+    remote::register(&mut registry, &config.handlers).map_err(|e| Error::Config(e.to_string()))?;
     let broker = tarefa_queue::Broker::new(config.broker_config())?;
     broker.warn_if_evicting().await;
     let metrics = Metrics::new();

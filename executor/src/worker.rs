@@ -44,6 +44,9 @@ pub(crate) struct Shared {
     running: Mutex<HashMap<TaskId, Running>>,
     paused: Mutex<HashSet<String>>,
     permits: Arc<Semaphore>,
+    /// Read by every running task, written by a task on its last allowed delivery so that it
+    /// runs alone (see `run_task`).
+    exclusive: tokio::sync::RwLock<()>,
     outcomes: mpsc::Sender<(Completion, oneshot::Sender<bool>)>,
     /// Logs a Redis outage once, not once per failed call.
     outage: Arc<OutageLog>,
@@ -104,6 +107,7 @@ pub(crate) async fn run(
         running: Mutex::default(),
         paused: Mutex::default(),
         permits,
+        exclusive: tokio::sync::RwLock::new(()),
         outcomes,
         outage: Arc::default(),
     });
@@ -315,6 +319,28 @@ async fn run_task(shared: Arc<Shared>, task: ClaimedTask, permit: OwnedSemaphore
             },
         );
     }
+    // A task whose earlier deliveries ended with their executor gone may be what killed it (a
+    // poison task), or an innocent bystander that crashed along with it. Its last allowed
+    // delivery runs alone: if it crashes the executor then, it was the culprit and no other
+    // task shares its fate, so an innocent task is never buried as poison.
+    let last_chance = task.deliveries >= shared.config.max_deliveries.max(2);
+    // Every task holds the exclusive lock for reading while it runs; a last-chance task holds
+    // it for writing, so it waits for the others to finish and none starts beside it. (It holds
+    // no read guard while it waits, so two of them cannot deadlock.)
+    let (_shared_run, _alone) = if last_chance {
+        tracing::info!(task_id = %task.id, deliveries = task.deliveries, "last delivery allowed after executor losses: running it alone");
+        let alone = shared.exclusive.write().await;
+        if let Err(error) = shared
+            .broker
+            .count_last_delivery(&task.id, task.attempt, task.deliveries)
+            .await
+        {
+            tracing::warn!(task_id = %task.id, %error, "could not count the last delivery; running anyway");
+        }
+        (None, Some(alone))
+    } else {
+        (Some(shared.exclusive.read().await), None)
+    };
     shared.metrics.in_flight.inc();
     shared.metrics.started.get_or_create(&labels).inc();
     shared
@@ -488,6 +514,7 @@ async fn write_outcomes(
     mut receiver: mpsc::Receiver<(Completion, oneshot::Sender<bool>)>,
 ) {
     let broker = shared.broker.clone();
+    let executor_id = shared.executor_id.clone();
     let outage = shared.outage.clone();
     let redis_errors = shared.metrics.redis_errors.clone();
     // Drop our handle on the shared state so the channel can close at shutdown.
@@ -501,7 +528,7 @@ async fn write_outcomes(
             batch.drain(..).unzip();
         let mut delay = Duration::from_millis(50);
         loop {
-            match broker.complete(&completions).await {
+            match broker.complete(&executor_id, &completions).await {
                 Ok(written) => {
                     outage.succeeded();
                     for (reply, ok) in replies.into_iter().zip(written) {

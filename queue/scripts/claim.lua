@@ -3,20 +3,36 @@
 -- ARGV: executor id, lease (ms), max deliveries, dead ttl (ms), then pairs of
 --   (entry id, task id).
 -- Returns, per claimed task: id, attempt, type, payload, content type, timeout, max attempts,
--- backoff, headers, traceparent, ms spent waiting since queued. Entries whose task is gone, cancelled or superseded are
--- acknowledged and skipped; a task delivered more than max deliveries times without an
--- outcome is poison and goes DEAD.
+-- backoff, headers, traceparent, ms spent waiting since queued, deliveries without an outcome
+-- (more than 1: an earlier delivery ended with its executor gone). Entries whose task is gone,
+-- cancelled or superseded are acknowledged and skipped; a task delivered more than max
+-- deliveries times without an outcome is poison and goes DEAD.
 local executor = ARGV[1]
 local lease = tonumber(ARGV[2])
 local max_deliveries = tonumber(ARGV[3])
 local dead_ttl = tonumber(ARGV[4])
 local now = now_ms()
 local out = {}
+-- Leases of the whole batch, written by one ZADD at the end.
+local leases = {}
+
+local function running_row(id, key, attempt, now)
+  local t = redis.call('HMGET', key, 'type', 'payload', 'ct', 'tmo', 'max', 'bo', 'hdr', 'tp', 'rtime', 'dlv')
+  return {id, attempt, t[1] or '', t[2] or '', t[3] or '', t[4] or '0', t[5] or '1',
+    t[6] or '', t[7] or '', t[8] or '', math.max(0, now - (tonumber(t[9]) or now)), tonumber(t[10]) or 1}
+end
+
 for i = 5, #ARGV, 2 do
   local entry, id = ARGV[i], ARGV[i + 1]
   local key = record_key(id)
-  local r = redis.call('HMGET', key, 'state', 'entry', 'dlv', 'att', 'max')
-  if r[1] ~= S_QUEUED or r[2] ~= entry then
+  local r = redis.call('HMGET', key, 'state', 'entry', 'dlv', 'att', 'max', 'exec',
+    'type', 'payload', 'ct', 'tmo', 'bo', 'hdr', 'tp', 'rtime')
+  if r[1] == S_RUNNING and r[2] == entry and r[6] == executor then
+    -- This executor's own claim, retried because the first answer was lost (a timeout while
+    -- Redis was slow): hand the same attempt back instead of leaving it leased to nobody.
+    redis.call('ZADD', LEASES, now + lease, id)
+    out[#out + 1] = running_row(id, key, tonumber(r[4]), now)
+  elseif r[1] ~= S_QUEUED or r[2] ~= entry then
     -- Gone (expired, purged), cancelled, or a stale duplicate entry: drop it. Never drop the
     -- entry the record points at.
     if r[2] ~= entry then
@@ -31,14 +47,24 @@ for i = 5, #ARGV, 2 do
         ' times without an outcome (its handler may crash the executor)')
       bury(id, key, now, dead_ttl)
     else
-      local attempt = redis.call('HINCRBY', key, 'att', 1)
-      redis.call('HSET', key, 'state', S_RUNNING, 'dlv', deliveries, 'stime', now, 'exec', executor)
-      redis.call('ZADD', LEASES, now + lease, id)
+      -- One HSET for the attempt and the state; the fields returned came with the HMGET above.
+      local attempt = (tonumber(r[4]) or 0) + 1
+      -- The last allowed delivery counts only once the executor runs the task alone (it
+      -- calls alone.lua then): crashing while it waits for that is not this task's fault.
+      local counted = deliveries
+      if deliveries >= max_deliveries then counted = deliveries - 1 end
+      redis.call('HSET', key, 'att', attempt, 'state', S_RUNNING, 'dlv', counted,
+        'stime', now, 'exec', executor)
+      leases[#leases + 1] = now + lease
+      leases[#leases + 1] = id
       notify(id, S_RUNNING)
-      local t = redis.call('HMGET', key, 'type', 'payload', 'ct', 'tmo', 'max', 'bo', 'hdr', 'tp', 'rtime')
-      out[#out + 1] = {id, attempt, t[1] or '', t[2] or '', t[3] or '', t[4] or '0', t[5] or '1',
-        t[6] or '', t[7] or '', t[8] or '', math.max(0, now - (tonumber(t[9]) or now))}
+      out[#out + 1] = {id, attempt, r[7] or '', r[8] or '', r[9] or '', r[10] or '0', r[5] or '1',
+        r[11] or '', r[12] or '', r[13] or '', math.max(0, now - (tonumber(r[14]) or now)), deliveries}
     end
   end
+end
+-- In slices, so a large batch never exceeds Lua's unpack limit.
+for i = 1, #leases, 1000 do
+  redis.call('ZADD', LEASES, unpack(leases, i, math.min(i + 999, #leases)))
 end
 return out

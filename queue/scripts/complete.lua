@@ -1,30 +1,62 @@
 -- Records the outcomes of a batch of attempts and acknowledges their entries.
--- ARGV: dead ttl (ms), then 5 values per outcome:
+-- ARGV: dead ttl (ms), executor id, then 5 values per outcome:
 --   id, attempt (the fencing token), kind (ok | retry | fail | cancel), result or error,
 --   retry delay (ms).
 -- An outcome is written only if the task is still RUNNING at that attempt: a late outcome
 -- from an executor that lost its lease is rejected. Returns 1 (written) or 0 (rejected) per
--- outcome.
+-- outcome, or 2 when this executor's attempt had already been recorded (a retried write whose
+-- first answer was lost).
 local dead_ttl = tonumber(ARGV[1])
+local executor = ARGV[2]
 local now = now_ms()
 local out = {}
 local succeeded, failed = 0, 0
-for i = 2, #ARGV, 5 do
+-- Successes, the common case, share batch-wide commands: one ZREM of their leases, one XACK
+-- and one XDEL of their entries, one ZADD into DONE and one trim of it (by the smallest TTL,
+-- as per-task trims would); per task: one HMGET, one HSET, one HDEL, one PEXPIRE, the notify.
+local ok_ids, ok_entries, ok_done = {}, {}, {}
+-- Runs `command key [prefix...] values...` in slices, so a large batch never exceeds Lua's
+-- unpack limit (about 8000 values).
+local function call_in_slices(command, key, prefix, values, step)
+  for i = 1, #values, step do
+    local last = math.min(i + step - 1, #values)
+    if prefix then
+      redis.call(command, key, prefix, unpack(values, i, last))
+    else
+      redis.call(command, key, unpack(values, i, last))
+    end
+  end
+end
+local min_ttl = nil
+for i = 3, #ARGV, 5 do
   local id, fence, kind, body, delay = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], tonumber(ARGV[i + 4])
   local key = record_key(id)
-  local r = redis.call('HMGET', key, 'state', 'att', 'entry', 'max', 'cancel')
-  if r[1] ~= S_RUNNING or r[2] ~= fence then
+  local r = redis.call('HMGET', key, 'state', 'att', 'entry', 'max', 'cancel', 'exec', 'ttl', 'err')
+  if r[1] ~= S_RUNNING and r[2] == fence and r[6] == executor then
+    out[#out + 1] = 2
+  elseif r[1] ~= S_RUNNING or r[2] ~= fence then
     out[#out + 1] = 0
+  elseif kind == 'ok' then
+    out[#out + 1] = 1
+    local ttl = tonumber(r[7]) or 86400000
+    ok_ids[#ok_ids + 1] = id
+    if r[3] and r[3] ~= '' then ok_entries[#ok_entries + 1] = r[3] end
+    ok_done[#ok_done + 1] = now
+    ok_done[#ok_done + 1] = id
+    if min_ttl == nil or ttl < min_ttl then min_ttl = ttl end
+    redis.call('HSET', key, 'dlv', 0, 'res', body, 'state', S_SUCCEEDED, 'ftime', now)
+    redis.call('HDEL', key, 'entry')
+    redis.call('PEXPIRE', key, ttl)
+    -- The errors list exists only once an attempt failed, and then 'err' is set.
+    if r[8] then redis.call('PEXPIRE', errors_key(id), ttl) end
+    notify(id, S_SUCCEEDED)
+    succeeded = succeeded + 1
   else
     out[#out + 1] = 1
     redis.call('ZREM', LEASES, id)
     drop_entry(r[3])
     redis.call('HSET', key, 'dlv', 0)
-    if kind == 'ok' then
-      redis.call('HSET', key, 'res', body)
-      finish(id, key, S_SUCCEEDED, now)
-      succeeded = succeeded + 1
-    elseif kind == 'cancel' then
+    if kind == 'cancel' then
       push_error(id, fence, now, body)
       finish(id, key, S_CANCELLED, now)
     else
@@ -43,6 +75,13 @@ for i = 2, #ARGV, 5 do
       end
     end
   end
+end
+if #ok_ids > 0 then
+  call_in_slices('ZREM', LEASES, nil, ok_ids, 1000)
+  call_in_slices('XACK', STREAM, GROUP, ok_entries, 1000)
+  call_in_slices('XDEL', STREAM, nil, ok_entries, 1000)
+  call_in_slices('ZADD', DONE, nil, ok_done, 1000)
+  redis.call('ZREMRANGEBYSCORE', DONE, '-inf', now - min_ttl)
 end
 if succeeded > 0 then count('succeeded', succeeded, now) end
 if failed > 0 then count('failed', failed, now) end

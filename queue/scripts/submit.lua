@@ -49,8 +49,16 @@ for i = 0, n - 1 do
       redis.call('HSET', key, unpack(fields))
       redis.call('ZADD', SCHEDULED, run_at, id)
     else
+      -- enqueue(), with the record written by the same HSET.
+      local entry = redis.call('XADD', STREAM, '*', 'id', id)
+      fields[#fields + 1] = 'state'
+      fields[#fields + 1] = S_QUEUED
+      fields[#fields + 1] = 'entry'
+      fields[#fields + 1] = entry
+      fields[#fields + 1] = 'rtime'
+      fields[#fields + 1] = now
       redis.call('HSET', key, unpack(fields))
-      enqueue(id, key, now)
+      notify(id, S_QUEUED)
     end
     created = created + 1
     out[#out + 1] = id

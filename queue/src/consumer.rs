@@ -140,10 +140,16 @@ impl Broker {
             .collect()
     }
 
-    /// Writes outcomes (any mix of queues), one script call per queue. Returns, in order,
-    /// whether each was recorded; `false` means the attempt had lost its lease (the fencing
-    /// check rejected it) and the task's newer attempt stands.
-    pub async fn complete(&self, completions: &[Completion]) -> Result<Vec<bool>> {
+    /// Writes the outcomes of `executor_id`'s attempts (any mix of queues), one script call per
+    /// queue. Returns, in order, whether each was recorded; `false` means the attempt had lost
+    /// its lease (the fencing check rejected it) and the task's newer attempt stands. Safe to
+    /// retry after a timeout: an outcome already recorded for the same attempt counts as
+    /// recorded.
+    pub async fn complete(
+        &self,
+        executor_id: &str,
+        completions: &[Completion],
+    ) -> Result<Vec<bool>> {
         let mut by_queue: HashMap<&str, Vec<usize>> = HashMap::new();
         for (index, completion) in completions.iter().enumerate() {
             by_queue
@@ -154,7 +160,9 @@ impl Broker {
         let mut written = vec![false; completions.len()];
         for (queue, indexes) in by_queue {
             let mut invocation = self.scripts.complete.key(self.keys.queue_prefix(queue));
-            invocation.arg(self.config.dead_ttl.as_millis() as u64);
+            invocation
+                .arg(self.config.dead_ttl.as_millis() as u64)
+                .arg(executor_id);
             for &index in &indexes {
                 let completion = &completions[index];
                 invocation
@@ -173,7 +181,7 @@ impl Broker {
             let mut con = self.con.clone();
             let reply: Vec<i64> = self.timed(invocation.invoke_async(&mut con)).await?;
             for (&index, flag) in indexes.iter().zip(reply) {
-                written[index] = flag == 1;
+                written[index] = flag >= 1;
             }
         }
         Ok(written)
@@ -263,6 +271,22 @@ impl Broker {
             reindexed: at(3),
             consumers_removed: at(4),
         })
+    }
+
+    /// Counts the last allowed delivery of a task that its executor now runs alone. Until this
+    /// is called, a crash of that executor (while the task waited for the others to finish) is
+    /// not held against the task. Returns false when the attempt no longer holds the task.
+    pub async fn count_last_delivery(
+        &self,
+        id: &TaskId,
+        attempt: u32,
+        deliveries: u32,
+    ) -> Result<bool> {
+        let mut con = self.con.clone();
+        let mut invocation = self.scripts.alone.key(self.keys.queue_prefix(id.queue()));
+        invocation.arg(id.local()).arg(attempt).arg(deliveries);
+        let counted: i64 = self.timed(invocation.invoke_async(&mut con)).await?;
+        Ok(counted == 1)
     }
 
     /// Records a running attempt's progress. Returns false when the attempt no longer holds
@@ -381,7 +405,7 @@ fn parse_read_reply(reply: Value) -> Result<Vec<(String, String)>> {
 }
 
 fn claimed_from_row(queue: &str, row: Vec<Value>) -> Result<ClaimedTask> {
-    if row.len() < 11 {
+    if row.len() < 12 {
         return Err(Error::Corrupt(format!(
             "claim row has {} values",
             row.len()
@@ -400,6 +424,7 @@ fn claimed_from_row(queue: &str, row: Vec<Value>) -> Result<ClaimedTask> {
     let headers: String = redis::from_redis_value(next())?;
     let traceparent: String = redis::from_redis_value(next())?;
     let queue_wait_ms: u64 = redis::from_redis_value(next())?;
+    let deliveries: u32 = redis::from_redis_value(next())?;
     let number = |field: &str, text: &str| -> Result<u64> {
         text.parse()
             .map_err(|_| Error::Corrupt(format!("task {local}: {field} is {text:?}")))
@@ -424,5 +449,6 @@ fn claimed_from_row(queue: &str, row: Vec<Value>) -> Result<ClaimedTask> {
         },
         traceparent,
         queue_wait: Duration::from_millis(queue_wait_ms),
+        deliveries,
     })
 }

@@ -10,6 +10,7 @@
 //! - [`events`]: task-change notifications over pub/sub, for `WatchTask`.
 
 mod admin;
+pub mod bench;
 mod broker;
 mod consumer;
 pub mod events;

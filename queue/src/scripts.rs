@@ -28,6 +28,7 @@ pub(crate) struct Scripts {
     pub(crate) reconcile: Script,
     pub(crate) stats: Script,
     pub(crate) purge: Script,
+    pub(crate) alone: Script,
 }
 
 impl Scripts {
@@ -45,6 +46,7 @@ impl Scripts {
             reconcile: script!("reconcile.lua"),
             stats: script!("stats.lua"),
             purge: script!("purge.lua"),
+            alone: script!("alone.lua"),
         }
     }
 }

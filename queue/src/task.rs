@@ -352,6 +352,9 @@ pub struct ClaimedTask {
     pub traceparent: String,
     /// How long the task waited in the stream before this claim.
     pub queue_wait: Duration,
+    /// Deliveries without an outcome, this one included. More than 1 means an earlier
+    /// delivery ended with its executor gone (crashed, killed, or stalled past its lease).
+    pub deliveries: u32,
 }
 
 /// What became of one attempt.

@@ -60,6 +60,19 @@ pub struct Config {
     /// How long in-flight RPCs may take to finish after SIGTERM (s).
     #[arg(long, env = "TAREFA_SHUTDOWN_GRACE_SECS", default_value_t = 10)]
     pub shutdown_grace_secs: u64,
+    /// Token the dashboard's actions (retry, cancel, pause, purge) require, as
+    /// `Authorization: Bearer <token>` or through its sign-in form. Unset: anyone who can reach
+    /// the HTTP port may act, so set it whenever that port is not private.
+    #[arg(long, env = "TAREFA_DASHBOARD_TOKEN", hide_env_values = true)]
+    pub dashboard_token: Option<String>,
+    /// Require the dashboard token for reads too (task payloads, results and errors may be
+    /// sensitive). Without it reads stay open.
+    #[arg(
+        long,
+        env = "TAREFA_DASHBOARD_TOKEN_FOR_READS",
+        default_value_t = false
+    )]
+    pub dashboard_token_for_reads: bool,
 }
 
 impl Config {
@@ -82,6 +95,8 @@ impl Config {
             dead_ttl_secs: 7 * 24 * 3600,
             jaeger_url: String::new(),
             shutdown_grace_secs: 10,
+            dashboard_token: None,
+            dashboard_token_for_reads: false,
         }
     }
 

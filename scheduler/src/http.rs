@@ -1,4 +1,5 @@
-//! The scheduler's HTTP side: liveness, readiness, Prometheus metrics (and the dashboard).
+//! The scheduler's HTTP side: liveness, readiness, Prometheus metrics, and the dashboard
+//! (`crate::dashboard`).
 
 use axum::Router;
 use axum::extract::State;
@@ -24,6 +25,7 @@ pub fn router(state: HttpState) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics))
+        .merge(crate::dashboard::routes())
         .with_state(state)
 }
 

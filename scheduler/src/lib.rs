@@ -13,6 +13,7 @@
 
 pub mod config;
 mod convert;
+mod dashboard;
 mod error;
 pub mod http;
 pub mod metrics;

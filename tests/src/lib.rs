@@ -106,13 +106,17 @@ impl Process {
     }
 
     /// The process id.
-    pub fn pid(&self) -> Pid {
-        Pid::from_raw(self.child.as_ref().map_or(0, |c| c.id() as i32))
+    /// The process id, while it runs (`None` once killed and reaped).
+    pub fn pid(&self) -> Option<Pid> {
+        self.child.as_ref().map(|c| Pid::from_raw(c.id() as i32))
     }
 
-    /// Sends `signal` (SIGSTOP, SIGCONT, SIGTERM, …).
+    /// Sends `signal` (SIGSTOP, SIGCONT, SIGTERM, …); nothing once the process is reaped. (A
+    /// pid of 0 would signal the whole process group: every test's servers.)
     pub fn signal(&self, signal: Signal) {
-        let _ = kill(self.pid(), signal);
+        if let Some(pid) = self.pid().filter(|p| p.as_raw() > 0) {
+            let _ = kill(pid, signal);
+        }
     }
 
     /// SIGKILLs and reaps it.
@@ -281,6 +285,7 @@ pub struct HarnessBuilder {
     executor_args: Vec<String>,
     scheduler_args: Vec<String>,
     aof_always: bool,
+    env: Vec<(String, String)>,
 }
 
 /// Redis, a scheduler, executors and a client, all real.
@@ -295,6 +300,7 @@ pub struct Harness {
     /// A client connected to the scheduler.
     pub client: tarefa_client::Client,
     executor_args: Vec<String>,
+    env: Vec<(String, String)>,
     dir: tempfile::TempDir,
     started_executors: usize,
 }
@@ -307,6 +313,7 @@ impl Harness {
             executor_args: Vec::new(),
             scheduler_args: Vec::new(),
             aof_always: false,
+            env: Vec::new(),
         }
     }
 
@@ -320,7 +327,8 @@ impl Harness {
             .args(["--redis-url", &self.redis.url(), "--executor-id", &id])
             .args(&self.executor_args)
             .args(extra)
-            .env("RUST_LOG", "info");
+            .env("RUST_LOG", "info")
+            .envs(self.env.iter().map(|(k, v)| (k, v)));
         let log = self.dir.path().join(format!("{id}.log"));
         self.executors.push(Process::spawn(&id, &mut command, log)?);
         Ok(self.executors.len() - 1)
@@ -336,7 +344,7 @@ impl Harness {
             .next()
             .and_then(|p| p.parse().ok())
             .context("scheduler port")?;
-        self.scheduler = start_scheduler(&self.redis, self.dir.path(), port, extra)?;
+        self.scheduler = start_scheduler(&self.redis, self.dir.path(), port, extra, &self.env)?;
         Ok(())
     }
 
@@ -385,6 +393,7 @@ fn start_scheduler(
     dir: &Path,
     port: u16,
     extra: &[String],
+    env: &[(String, String)],
 ) -> anyhow::Result<Scheduler> {
     let http_port = free_port();
     let mut command = Command::new(binary("tarefa-scheduler"));
@@ -393,7 +402,8 @@ fn start_scheduler(
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .args(["--http-listen", &format!("127.0.0.1:{http_port}")])
         .args(extra)
-        .env("RUST_LOG", "info");
+        .env("RUST_LOG", "info")
+        .envs(env.iter().map(|(k, v)| (k, v)));
     let process = Process::spawn(
         "scheduler",
         &mut command,
@@ -426,6 +436,12 @@ impl HarnessBuilder {
         self
     }
 
+    /// An environment variable for the scheduler and every executor.
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.to_owned(), value.to_owned()));
+        self
+    }
+
     /// Redis with AOF and `appendfsync always`.
     pub fn aof_always(mut self) -> Self {
         self.aof_always = true;
@@ -436,7 +452,13 @@ impl HarnessBuilder {
     pub async fn start(self) -> anyhow::Result<Harness> {
         let redis = Redis::start_with(self.aof_always)?;
         let dir = tempfile::tempdir()?;
-        let scheduler = start_scheduler(&redis, dir.path(), free_port(), &self.scheduler_args)?;
+        let scheduler = start_scheduler(
+            &redis,
+            dir.path(),
+            free_port(),
+            &self.scheduler_args,
+            &self.env,
+        )?;
         let client = tarefa_client::Client::connect(scheduler.endpoint.clone()).await?;
         let mut harness = Harness {
             redis,
@@ -444,6 +466,7 @@ impl HarnessBuilder {
             executors: Vec::new(),
             client,
             executor_args: self.executor_args,
+            env: self.env,
             dir,
             started_executors: 0,
         };
@@ -452,4 +475,19 @@ impl HarnessBuilder {
         }
         Ok(harness)
     }
+}
+
+impl Process {
+    /// Starts `command` (stdin closed, stdout and stderr to `log`) as a process called `name`;
+    /// like the harness's own processes it is killed and reaped on drop, and its log's tail is
+    /// printed when a test panics. For processes a test brings along (e.g. a Python handler).
+    pub fn start(name: &str, command: &mut Command, log: PathBuf) -> anyhow::Result<Self> {
+        Self::spawn(name, command, log)
+    }
+}
+
+/// Waits until something accepts connections on 127.0.0.1:`port`, for `within` times the
+/// patience factor.
+pub fn wait_for_listener(port: u16, within: Duration) -> anyhow::Result<()> {
+    wait_for_port(port, within)
 }

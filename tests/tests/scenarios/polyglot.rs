@@ -1,1 +1,677 @@
-//! Placeholder: filled in by the polyglot work.
+//! Any language in, any language out: Python producers and handlers (the `tarefa` package in
+//! `clients/python`, installed into a venv under the target directory) against the real
+//! scheduler and executors, and remote handlers reached over gRPC and HTTP.
+
+use std::fs::File;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use nix::fcntl::{Flock, FlockArg};
+use serde_json::Value;
+use tarefa_client::SubmitOptions;
+use tarefa_proto::{self as pb, TaskState};
+use tarefa_tests::{Harness, Process, free_port, patience, wait_for_listener};
+
+/// The venv's Python, or why it could not be made; made once per test binary.
+static VENV: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+
+const INSTALL_PYTHON: &str = "the polyglot tests need python3 with venv and pip: install them \
+     (Debian/Ubuntu: apt-get install python3 python3-venv python3-pip; macOS: brew install python), \
+     or point TAREFA_TEST_PYTHON at a python3";
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_owned()
+}
+
+/// `target/` (or `target/<triple>/`): the test executable is in `<it>/debug/deps/`.
+fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    exe.ancestors()
+        .nth(3)
+        .expect("test executable is in <target>/<profile>/deps")
+        .to_owned()
+}
+
+/// The Python of a venv with `pip install ./clients/python[dev]` done, made on first use and
+/// reused while `clients/python` is unchanged.
+async fn venv_python() -> PathBuf {
+    tokio::task::spawn_blocking(|| VENV.get_or_init(make_venv).clone())
+        .await
+        .expect("venv set-up panicked")
+        .unwrap_or_else(|error| panic!("{error}"))
+}
+
+/// A fingerprint of the package's sources, to know when the venv's copy is stale.
+fn package_stamp(dir: &Path, hasher: &mut DefaultHasher) {
+    let mut entries: Vec<_> = std::fs::read_dir(dir)
+        .expect("read clients/python")
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .collect();
+    entries.sort();
+    for path in entries {
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if name == "build" || name == "__pycache__" || name.ends_with(".egg-info") {
+            continue;
+        }
+        name.hash(hasher);
+        if path.is_dir() {
+            package_stamp(&path, hasher);
+        } else {
+            std::fs::read(&path).unwrap_or_default().hash(hasher);
+        }
+    }
+}
+
+fn copy_package(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let path = entry?.path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if name == "build" || name == "__pycache__" || name.ends_with(".egg-info") {
+            continue;
+        }
+        if path.is_dir() {
+            copy_package(&path, &to.join(name))?;
+        } else {
+            std::fs::copy(&path, to.join(name))?;
+        }
+    }
+    Ok(())
+}
+
+fn run(command: &mut Command, what: &str) -> Result<String, String> {
+    let output = command
+        .output()
+        .map_err(|e| format!("cannot run {what}: {e}"))?;
+    if output.status.success() {
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    } else {
+        Err(format!(
+            "{what} failed ({}):\n{}\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        ))
+    }
+}
+
+fn make_venv() -> Result<PathBuf, String> {
+    let target = target_dir();
+    std::fs::create_dir_all(&target).map_err(|e| e.to_string())?;
+    // Other test runs sharing the target directory wait here while one builds the venv.
+    let lock_file = File::create(target.join("python-venv.lock")).map_err(|e| e.to_string())?;
+    let _lock = Flock::lock(lock_file, FlockArg::LockExclusive)
+        .map_err(|(_, e)| format!("cannot lock the python venv: {e}"))?;
+    let venv = target.join("python-venv");
+    let python = venv.join("bin").join("python");
+    let package = workspace_root().join("clients").join("python");
+    let mut hasher = DefaultHasher::new();
+    package_stamp(&package, &mut hasher);
+    let stamp = format!("{:016x}\n", hasher.finish());
+    let stamp_file = venv.join(".tarefa-stamp");
+    let usable = python.exists()
+        && run(
+            Command::new(&python).args(["-c", "import grpc, grpc_tools, google.protobuf"]),
+            "the venv's python",
+        )
+        .is_ok();
+    if usable && std::fs::read_to_string(&stamp_file).ok().as_deref() == Some(stamp.as_str()) {
+        return Ok(python);
+    }
+    if !usable {
+        let base = std::env::var("TAREFA_TEST_PYTHON").unwrap_or_else(|_| "python3".to_owned());
+        run(Command::new(&base).arg("--version"), &base)
+            .map_err(|e| format!("{INSTALL_PYTHON}\n({e})"))?;
+        let _ = std::fs::remove_dir_all(&venv);
+        run(
+            Command::new(&base).arg("-m").arg("venv").arg(&venv),
+            "python3 -m venv",
+        )
+        .map_err(|e| format!("{INSTALL_PYTHON}\n({e})"))?;
+    }
+    // pip builds in the source tree; build a private copy so concurrent runs do not collide
+    // and the checkout stays clean.
+    let copy = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let source = copy.path().join("python");
+    copy_package(&package, &source).map_err(|e| format!("cannot copy clients/python: {e}"))?;
+    let pip = |args: &[&str]| {
+        let mut command = Command::new(&python);
+        command
+            .args(["-m", "pip", "install", "--disable-pip-version-check", "-q"])
+            .args(args);
+        command
+    };
+    let with_dev = format!("{}[dev]", source.display());
+    run(&mut pip(&[&with_dev]), "pip install ./clients/python[dev]")?;
+    let plain = source.display().to_string();
+    run(
+        &mut pip(&["--force-reinstall", "--no-deps", &plain]),
+        "pip install ./clients/python",
+    )?;
+    std::fs::write(&stamp_file, stamp).map_err(|e| e.to_string())?;
+    Ok(python)
+}
+
+/// Runs a Python script to completion (killed if it outlives `within`) and returns its stdout;
+/// panics with its output if it fails.
+async fn run_python(python: &Path, args: &[&str], within: Duration) -> String {
+    let mut command = tokio::process::Command::new(python);
+    command
+        .args(args)
+        .env("PYTHONUNBUFFERED", "1")
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    let output = tokio::time::timeout(patience(within), command.output())
+        .await
+        .unwrap_or_else(|_| panic!("python {args:?} did not finish within {within:?}"))
+        .expect("run python");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "python {args:?} failed ({}):\n{stdout}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+/// Starts a long-running Python script that listens on `port`.
+fn start_python(python: &Path, name: &str, args: &[&str], port: u16, logs: &Path) -> Process {
+    let mut command = Command::new(python);
+    command.args(args).env("PYTHONUNBUFFERED", "1");
+    let process =
+        Process::start(name, &mut command, logs.join(format!("{name}.log"))).expect("start python");
+    if let Err(error) = wait_for_listener(port, Duration::from_secs(30)) {
+        panic!("{name} did not listen: {error}\n{}", process.log());
+    }
+    process
+}
+
+/// A `traceparent`'s trace id.
+fn trace_id_of(traceparent: &str) -> &str {
+    let parts: Vec<&str> = traceparent.split('-').collect();
+    assert_eq!(parts.len(), 4, "malformed traceparent {traceparent:?}");
+    assert_eq!(parts[0], "00", "traceparent version in {traceparent:?}");
+    assert_eq!(parts[1].len(), 32, "trace id in {traceparent:?}");
+    assert_eq!(parts[2].len(), 16, "span id in {traceparent:?}");
+    traceparent.split('-').nth(1).unwrap_or_default()
+}
+
+/// The milliseconds between an attempt's failure and the start of the next one.
+fn retry_gap_ms(task: &pb::Task) -> u64 {
+    let failed = task.errors.first().expect("a failed attempt").at_ms;
+    task.started_at_ms.saturating_sub(failed)
+}
+
+/// Task handlers for the test, in Python: a retry with `after`, a permanent failure, an
+/// exception, and a look at what the executor sent (context, trace, deadline).
+const TEST_HANDLER: &str = r#"
+import sys
+import tarefa
+
+def flaky(args, context):
+    if context.attempt == 1:
+        raise tarefa.Retry("not yet", after=1)
+    return {
+        "attempt": context.attempt,
+        "max_attempts": context.max_attempts,
+        "task_id": context.task_id,
+        "task_type": context.task_type,
+        "queue": context.queue,
+        "headers": dict(context.headers),
+        "traceparent": context.traceparent,
+        "deadline_ms": context.deadline_ms,
+        "time_remaining": context._grpc_context.time_remaining(),
+        "args": args,
+    }
+
+def reject(args):
+    raise tarefa.Fail("rejected: " + args["why"])
+
+def explode(args):
+    raise ValueError("boom %d" % args["n"])
+
+tarefa.serve({"py.flaky": flaky, "py.reject": reject, "py.raise": explode}, port=int(sys.argv[1]))
+"#;
+
+/// A Python producer exercising the client API; prints one JSON object.
+const TEST_PRODUCER: &str = r#"
+import json
+import sys
+import tarefa
+
+client = tarefa.Client(sys.argv[1])
+out = {}
+
+def outcome(handle):
+    try:
+        return {"id": handle.id, "unexpected_result": handle.wait(timeout=60)}
+    except tarefa.TaskFailed as failed:
+        return {"id": handle.id, "state": failed.state, "error": failed.error}
+
+words = client.submit("word_count", {"text": "to be or not to be"}, idempotency_key="wc-1")
+again = client.submit("word_count", {"text": "other"}, idempotency_key="wc-1")
+out["word_count"] = {
+    "id": words.id,
+    "result": words.wait(timeout=60),
+    "again_id": again.id,
+    "deduplicated": again.deduplicated,
+}
+fib = client.submit("fib", {"n": 90}, queue="default")
+out["fib"] = {"id": fib.id, "result": fib.wait(timeout=60)}
+flaky = client.submit("py.flaky", {"x": 1}, max_attempts=3, timeout=20, headers={"tenant": "acme"})
+out["flaky"] = {"id": flaky.id, "result": flaky.wait(timeout=60)}
+
+reject = client.submit("py.reject", {"why": "bad input"})
+out["reject"] = outcome(reject)
+out["reject"]["retried_state"] = tarefa.state_name(client.retry(reject.id).state)
+out["reject_again"] = outcome(reject)
+out["raise"] = outcome(client.submit("py.raise", {"n": 7}, max_attempts=2))
+
+delayed = client.submit("fib", {"n": 10}, delay=60)
+out["delayed"] = {"id": delayed.id, "state": tarefa.state_name(delayed.get().state)}
+delayed.cancel()
+out["delayed"]["after_cancel"] = outcome(delayed)
+
+slow = client.submit("sleep", {"ms": 10000})
+try:
+    slow.wait(timeout=0.3)
+    out["timeout"] = "no timeout"
+except TimeoutError:
+    out["timeout"] = "TimeoutError"
+slow.cancel()
+print(json.dumps(out))
+"#;
+
+/// An HTTP task handler on the standard library only: each path answers one way.
+const HTTP_HANDLER: &str = r#"
+import json
+import sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def reply(self, status, body, headers=()):
+        data = body.encode()
+        self.send_response(status)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(data)))
+        for name, value in headers:
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_POST(self):
+        payload = self.rfile.read(int(self.headers.get("content-length", "0")))
+        attempt = int(self.headers.get("tarefa-attempt", "0"))
+        if self.path == "/ok":
+            headers = {k.lower(): v for k, v in self.headers.items()}
+            self.reply(200, json.dumps({"headers": headers, "payload": json.loads(payload)}))
+        elif self.path == "/reject":
+            self.reply(422, "no such image")
+        elif self.path == "/flaky":
+            if attempt == 1:
+                self.reply(500, "database is down")
+            else:
+                self.reply(200, json.dumps({"attempt": attempt}))
+        elif self.path == "/busy":
+            if attempt == 1:
+                self.reply(503, "busy", [("retry-after", "1")])
+            else:
+                self.reply(200, json.dumps({"attempt": attempt}))
+        else:
+            self.reply(500, "always broken")
+
+    def log_message(self, format, *args):
+        sys.stderr.write("%s\n" % (format % args))
+
+ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler).serve_forever()
+"#;
+
+#[tokio::test]
+async fn python_stubs_match_the_proto() {
+    let python = venv_python().await;
+    let script = workspace_root().join("clients/python/check_stubs.py");
+    let output = run_python(
+        &python,
+        &[script.to_str().expect("utf-8 path")],
+        Duration::from_secs(60),
+    )
+    .await;
+    assert!(output.contains("stubs match"), "{output}");
+}
+
+#[tokio::test]
+async fn python_producers_and_grpc_handlers() -> anyhow::Result<()> {
+    let python = venv_python().await;
+    let logs = tempfile::tempdir()?;
+    let root = workspace_root();
+    let example_handler = root.join("examples/python/handler.py");
+    let example_producer = root.join("examples/python/producer.py");
+    let test_handler = logs.path().join("test_handler.py");
+    let test_producer = logs.path().join("test_producer.py");
+    std::fs::write(&test_handler, TEST_HANDLER)?;
+    std::fs::write(&test_producer, TEST_PRODUCER)?;
+
+    let (example_port, test_port, down_port) = (free_port(), free_port(), free_port());
+    let _example = start_python(
+        &python,
+        "example-handler",
+        &[
+            example_handler.to_str().expect("utf-8"),
+            "--port",
+            &example_port.to_string(),
+        ],
+        example_port,
+        logs.path(),
+    );
+    let _test = start_python(
+        &python,
+        "test-handler",
+        &[
+            test_handler.to_str().expect("utf-8"),
+            &test_port.to_string(),
+        ],
+        test_port,
+        logs.path(),
+    );
+    let grpc = |port: u16| format!("grpc://127.0.0.1:{port}");
+    let routes = [
+        format!("word_count={}", grpc(example_port)),
+        // Several types in one flag, comma-separated, sharing one channel.
+        format!("py.flaky={0},py.reject={0},py.raise={0}", grpc(test_port)),
+        // Nothing listens there: attempts fail and are retried, the executor is not stuck.
+        format!("py.down={}", grpc(down_port)),
+    ];
+    let mut args = vec!["--concurrency", "8"];
+    for route in &routes {
+        args.extend(["--handler", route.as_str()]);
+    }
+    let h = Harness::builder().executor_args(&args).start().await?;
+    let scheduler = h
+        .scheduler
+        .endpoint
+        .trim_start_matches("http://")
+        .to_owned();
+
+    // The examples, as a user runs them.
+    let output = run_python(
+        &python,
+        &[
+            example_producer.to_str().expect("utf-8"),
+            "--scheduler",
+            &scheduler,
+        ],
+        Duration::from_secs(120),
+    )
+    .await;
+    assert!(output.contains("fib(90) = 2880067194370816120"), "{output}");
+    assert!(output.contains("word_count = 11 words"), "{output}");
+    assert!(
+        output.contains("[['the', 3]"),
+        "the most common word first: {output}"
+    );
+    assert!(
+        output.contains("bad word_count ended DEAD: expected {\"text\": \"...\"}"),
+        "{output}"
+    );
+
+    // The client API from Python, checked from Rust too.
+    let output = run_python(
+        &python,
+        &[test_producer.to_str().expect("utf-8"), &scheduler],
+        Duration::from_secs(120),
+    )
+    .await;
+    let out: Value = serde_json::from_str(output.trim())
+        .unwrap_or_else(|e| panic!("producer output is not JSON ({e}): {output}"));
+
+    let words = &out["word_count"];
+    assert_eq!(words["result"]["words"], 6, "{words}");
+    assert_eq!(words["result"]["top"][0], serde_json::json!(["to", 2]));
+    assert_eq!(words["again_id"], words["id"]);
+    assert_eq!(words["deduplicated"], true);
+    let id = words["id"].as_str().expect("id");
+    let task = h.client.get(id).await?;
+    assert_eq!(task.state(), TaskState::Succeeded);
+    assert_eq!(task.task_type, "word_count");
+    let result: Value = serde_json::from_slice(&task.result)?;
+    assert_eq!(result, words["result"]);
+
+    assert_eq!(out["fib"]["result"], "2880067194370816120");
+    let task = h.client.get(out["fib"]["id"].as_str().expect("id")).await?;
+    assert_eq!(task.state(), TaskState::Succeeded);
+
+    let flaky = &out["flaky"]["result"];
+    let id = out["flaky"]["id"].as_str().expect("id");
+    let task = h.client.get(id).await?;
+    assert_eq!(task.state(), TaskState::Succeeded);
+    assert_eq!(task.attempt, 2);
+    assert_eq!(flaky["attempt"], 2);
+    assert_eq!(flaky["max_attempts"], 3);
+    assert_eq!(flaky["task_id"], id);
+    assert_eq!(flaky["task_type"], "py.flaky");
+    assert_eq!(flaky["queue"], "default");
+    assert_eq!(flaky["headers"]["tenant"], "acme");
+    assert_eq!(flaky["args"]["x"], 1);
+    assert_eq!(task.errors.len(), 1, "{:?}", task.errors);
+    assert_eq!(task.errors[0].message, "not yet");
+    // `Retry(after=1)` replaced the backoff (1 s initial, jittered down to as little as 0).
+    assert!(
+        retry_gap_ms(&task) >= 900,
+        "retried after {} ms",
+        retry_gap_ms(&task)
+    );
+    // The deadline is the task's timeout (20 s), carried by the call and the request.
+    let remaining = flaky["time_remaining"].as_f64().expect("time_remaining");
+    assert!(
+        remaining > 0.0 && remaining <= 20.5,
+        "time remaining {remaining}"
+    );
+    let deadline_ms = flaky["deadline_ms"].as_u64().expect("deadline_ms");
+    assert!(
+        deadline_ms > task.started_at_ms && deadline_ms <= task.started_at_ms + 21_000,
+        "deadline {deadline_ms} for an attempt started at {}",
+        task.started_at_ms
+    );
+    // The executor's attempt span travelled to the Python handler: same trace as the task.
+    let traceparent = flaky["traceparent"].as_str().expect("traceparent");
+    assert!(!task.trace_id.is_empty(), "the task has a trace id");
+    assert_eq!(trace_id_of(traceparent), task.trace_id);
+
+    let reject = &out["reject"];
+    assert_eq!(reject["state"], "DEAD", "{reject}");
+    assert_eq!(reject["error"], "rejected: bad input");
+    // RetryTask requeued it (an executor may have taken it again already), and it failed again.
+    assert!(
+        ["QUEUED", "RUNNING", "DEAD"].contains(&reject["retried_state"].as_str().unwrap_or("")),
+        "{reject}"
+    );
+    assert_eq!(out["reject_again"]["state"], "DEAD");
+    let reject_id = reject["id"].as_str().expect("id");
+    let task = h.client.get(reject_id).await?;
+    assert_eq!(task.state(), TaskState::Dead);
+    assert_eq!(task.attempt, 1, "a permanent failure is not retried");
+    let runs = h.executors[0]
+        .log()
+        .lines()
+        .filter(|line| line.contains(reject_id) && line.contains("failed permanently"))
+        .count();
+    assert_eq!(runs, 2, "ran once, then once more after RetryTask");
+
+    let raised = &out["raise"];
+    assert_eq!(raised["state"], "DEAD", "{raised}");
+    assert_eq!(raised["error"], "ValueError: boom 7");
+    let task = h.client.get(raised["id"].as_str().expect("id")).await?;
+    assert_eq!(task.attempt, 2, "an exception is retried");
+
+    assert_eq!(out["delayed"]["state"], "SCHEDULED");
+    assert_eq!(out["delayed"]["after_cancel"]["state"], "CANCELLED");
+    assert_eq!(out["timeout"], "TimeoutError");
+
+    // An unreachable gRPC handler: a failed attempt, retried, then DEAD.
+    let options = SubmitOptions {
+        max_attempts: Some(2),
+        backoff_initial: Some(Duration::from_millis(50)),
+        ..SubmitOptions::default()
+    };
+    let down = h
+        .client
+        .submit_raw(options.request("py.down", b"{}".to_vec()))
+        .await?;
+    let task = h.wait_final(&down.task_id, Duration::from_secs(60)).await;
+    assert_eq!(task.state(), TaskState::Dead);
+    assert_eq!(task.attempt, 2);
+    assert!(
+        task.last_error
+            .contains(&format!("grpc://127.0.0.1:{down_port}")),
+        "{}",
+        task.last_error
+    );
+    // And the executor still runs tasks.
+    let f = h
+        .client
+        .submit(tarefa_client::builtin::Fib { n: 20 })
+        .await?
+        .wait()
+        .await?;
+    assert_eq!(f, "6765");
+    Ok(())
+}
+
+#[tokio::test]
+async fn http_handlers_succeed_fail_and_retry_by_status() -> anyhow::Result<()> {
+    let python = venv_python().await;
+    let logs = tempfile::tempdir()?;
+    let script = logs.path().join("http_handler.py");
+    std::fs::write(&script, HTTP_HANDLER)?;
+    let (port, down_port) = (free_port(), free_port());
+    let _server = start_python(
+        &python,
+        "http-handler",
+        &[script.to_str().expect("utf-8"), &port.to_string()],
+        port,
+        logs.path(),
+    );
+    let url = |path: &str| format!("http://127.0.0.1:{port}/{path}");
+    let routes = [
+        format!("http.ok={}", url("ok")),
+        format!("http.reject={}", url("reject")),
+        format!("http.flaky={}", url("flaky")),
+        format!("http.busy={}", url("busy")),
+        format!("http.broken={}", url("broken")),
+        format!("http.down=http://127.0.0.1:{down_port}/nothing"),
+    ];
+    let mut args = Vec::new();
+    for route in &routes {
+        args.extend(["--handler", route.as_str()]);
+    }
+    let h = Harness::builder().executor_args(&args).start().await?;
+    let options = SubmitOptions {
+        max_attempts: Some(3),
+        backoff_initial: Some(Duration::from_millis(50)),
+        backoff_max: Some(Duration::from_millis(50)),
+        ..SubmitOptions::default()
+    };
+    let submit = |task_type: &str, max_attempts: u32| {
+        let mut request = options.request(task_type, br#"{"image": "cat.png"}"#.to_vec());
+        request.max_attempts = max_attempts;
+        let client = h.client.clone();
+        async move { client.submit_raw(request).await.map(|r| r.task_id) }
+    };
+    let ok = submit("http.ok", 3).await?;
+    let reject = submit("http.reject", 3).await?;
+    let flaky = submit("http.flaky", 3).await?;
+    let busy = submit("http.busy", 3).await?;
+    let broken = submit("http.broken", 2).await?;
+    let down = submit("http.down", 2).await?;
+    let within = Duration::from_secs(60);
+
+    // 2xx: the body is the result; the request carried the task's context and trace.
+    let task = h.wait_final(&ok, within).await;
+    assert_eq!(task.state(), TaskState::Succeeded, "{}", task.last_error);
+    let result: Value = serde_json::from_slice(&task.result)?;
+    let headers = &result["headers"];
+    assert_eq!(result["payload"]["image"], "cat.png");
+    assert_eq!(headers["tarefa-task-id"], ok.as_str());
+    assert_eq!(headers["tarefa-attempt"], "1");
+    assert_eq!(headers["tarefa-task-type"], "http.ok");
+    assert_eq!(headers["tarefa-queue"], "default");
+    assert_eq!(headers["content-type"], "application/json");
+    let traceparent = headers["traceparent"].as_str().expect("traceparent");
+    assert_eq!(trace_id_of(traceparent), task.trace_id);
+
+    // 4xx: permanent, no retry.
+    let task = h.wait_final(&reject, within).await;
+    assert_eq!(task.state(), TaskState::Dead);
+    assert_eq!(task.attempt, 1);
+    assert!(
+        task.last_error.contains("422") && task.last_error.contains("no such image"),
+        "{}",
+        task.last_error
+    );
+
+    // 5xx: retried.
+    let task = h.wait_final(&flaky, within).await;
+    assert_eq!(task.state(), TaskState::Succeeded, "{}", task.last_error);
+    assert_eq!(task.attempt, 2);
+    assert!(
+        task.errors[0].message.contains("500") && task.errors[0].message.contains("database"),
+        "{:?}",
+        task.errors
+    );
+    assert_eq!(serde_json::from_slice::<Value>(&task.result)?["attempt"], 2);
+
+    // 503 with Retry-After: 1 waits a second, not the 50 ms backoff.
+    let task = h.wait_final(&busy, within).await;
+    assert_eq!(task.state(), TaskState::Succeeded, "{}", task.last_error);
+    assert_eq!(task.attempt, 2);
+    assert!(
+        retry_gap_ms(&task) >= 900,
+        "retried after {} ms",
+        retry_gap_ms(&task)
+    );
+
+    // Always 5xx: DEAD after the last attempt.
+    let task = h.wait_final(&broken, within).await;
+    assert_eq!(task.state(), TaskState::Dead);
+    assert_eq!(task.attempt, 2);
+    assert!(
+        task.last_error.contains("always broken"),
+        "{}",
+        task.last_error
+    );
+
+    // Connection refused: retried, then DEAD.
+    let task = h.wait_final(&down, within).await;
+    assert_eq!(task.state(), TaskState::Dead);
+    assert_eq!(task.attempt, 2);
+    assert!(
+        task.last_error.contains("cannot reach"),
+        "{}",
+        task.last_error
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_bad_handler_flag_stops_the_executor_at_start_up() {
+    let output = Command::new(tarefa_tests::binary("tarefa-executor"))
+        .args(["--handler", "resize=ftp://example.invalid/x"])
+        .output()
+        .expect("run tarefa-executor");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("resize=ftp://example.invalid/x") && stderr.contains("grpc://"),
+        "{stderr}"
+    );
+}

@@ -1,0 +1,9 @@
+from django.urls import path
+
+from fibapp import views
+
+urlpatterns = [
+    path("", views.index, name="index"),
+    path("tasks", views.enqueue, name="enqueue"),
+    path("tasks/<str:task_id>", views.status, name="status"),
+]

@@ -1,0 +1,719 @@
+//! The web dashboard on the scheduler's HTTP port: one static page (`assets/`, embedded at
+//! build time, no build step) over a small JSON API under `/api/`.
+//!
+//! The API calls the same queue-layer functions as the gRPC service, with the same validation
+//! (`crate::convert`), and maps errors to HTTP statuses in one place ([`ApiError`]): 400
+//! invalid, 401 missing token, 403 cross-site request, 404 not found, 409 failed precondition,
+//! 503 Redis unavailable, 500 anything else (logged, not sent).
+//!
+//! Auth: with `--dashboard-token`, every action (POST) needs the token, as
+//! `Authorization: Bearer <token>` or the cookie that `POST /api/login` sets; reads need it
+//! only with `--dashboard-token-for-reads`. Every POST is also refused when its `Origin` is
+//! another site, so a page elsewhere cannot drive an open dashboard from a visitor's browser.
+//! The page renders task data with `textContent` only and is served under a strict
+//! Content-Security-Policy, so payloads and errors cannot inject markup or script.
+
+use axum::Router;
+use axum::extract::{Form, Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tarefa_queue::{QueueStats, TaskRecord, TaskState};
+
+use crate::convert::{queue_name, task_id, task_to_proto};
+use crate::error::Error;
+use crate::http::HttpState;
+
+const INDEX_HTML: &str = include_str!("../assets/index.html");
+const DASHBOARD_JS: &str = include_str!("../assets/dashboard.js");
+const DASHBOARD_CSS: &str = include_str!("../assets/dashboard.css");
+
+/// The cookie the sign-in form sets.
+const SESSION_COOKIE: &str = "tarefa_dashboard_token";
+/// Most bytes of a payload, result or error message sent to the page.
+const PREVIEW_BYTES: usize = 4 * 1024;
+/// Longest last-error excerpt in a task list row.
+const ROW_ERROR_BYTES: usize = 300;
+const DEFAULT_PAGE_SIZE: u64 = 25;
+const MAX_PAGE_SIZE: u64 = 200;
+const MAX_TASK_TYPE_LEN: usize = 128;
+/// Dead tasks listed per round of "retry all dead", and the most requeued per request.
+const RETRY_DEAD_BATCH: u64 = 500;
+const RETRY_DEAD_LIMIT: u64 = 100_000;
+/// How often the page polls the API (ms).
+const REFRESH_MS: u64 = 1500;
+/// What the page may load: only itself. No inline script or style, no framing.
+const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; \
+     style-src 'self'; img-src 'self' data:; connect-src 'self'; form-action 'self'; \
+     base-uri 'none'; frame-ancestors 'none'";
+
+/// The dashboard's routes, merged into [`crate::http::router`].
+pub(crate) fn routes() -> Router<HttpState> {
+    Router::new()
+        .route("/", get(index))
+        .route("/assets/dashboard.js", get(script))
+        .route("/assets/dashboard.css", get(style))
+        .route("/api/session", get(session))
+        .route("/api/login", post(login))
+        .route("/api/logout", post(logout))
+        .route("/api/queues", get(queues))
+        .route("/api/queues/{queue}/{action}", post(queue_action))
+        .route("/api/tasks", get(tasks))
+        .route("/api/tasks/{id}", get(task))
+        .route("/api/tasks/{id}/{action}", post(task_action))
+}
+
+/// An API failure: its status and the message the page shows.
+#[derive(Debug)]
+struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+        }
+    }
+
+    fn not_found(what: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, what)
+    }
+}
+
+impl From<Error> for ApiError {
+    fn from(error: Error) -> Self {
+        use tarefa_queue::Error as Q;
+        match error {
+            Error::Queue(Q::InvalidArgument { field, reason }) => {
+                Self::new(StatusCode::BAD_REQUEST, format!("{field}: {reason}"))
+            }
+            Error::Queue(Q::NotFound(id)) => Self::not_found(format!("task {id} not found")),
+            Error::Queue(Q::FailedPrecondition(message)) => {
+                Self::new(StatusCode::CONFLICT, message)
+            }
+            Error::Queue(Q::Unavailable(message)) => {
+                tracing::warn!(%message, "redis unavailable");
+                Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "task store (redis) unavailable; retry",
+                )
+            }
+            Error::ResourceExhausted { field, reason } => {
+                Self::new(StatusCode::BAD_REQUEST, format!("{field}: {reason}"))
+            }
+            other => {
+                tracing::error!(error = %other, "dashboard: internal error");
+                Self::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal error; see the scheduler's log",
+                )
+            }
+        }
+    }
+}
+
+impl From<tarefa_queue::Error> for ApiError {
+    fn from(error: tarefa_queue::Error) -> Self {
+        Error::from(error).into()
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response =
+            (self.status, axum::Json(json!({ "error": self.message }))).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"tarefa-dashboard\""),
+            );
+        }
+        response
+    }
+}
+
+type ApiResult = Result<axum::Json<Value>, ApiError>;
+
+fn invalid(field: &str, reason: impl Into<String>) -> ApiError {
+    Error::Queue(tarefa_queue::Error::invalid(field, reason)).into()
+}
+
+// ---- auth ----
+
+/// The configured token; an empty one counts as none.
+fn configured_token(state: &HttpState) -> Option<&str> {
+    state
+        .config
+        .dashboard_token
+        .as_deref()
+        .filter(|token| !token.is_empty())
+}
+
+/// The token a request carries: its bearer header, else its session cookie.
+fn presented_token(headers: &HeaderMap) -> Option<String> {
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .map(|token| token.trim().to_owned());
+    bearer.or_else(|| {
+        headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(';'))
+            .filter_map(|pair| pair.trim().split_once('='))
+            .find(|(name, _)| *name == SESSION_COOKIE)
+            .and_then(|(_, value)| hex_decode(value))
+    })
+}
+
+/// The cookie carries the token hex-encoded, so any token fits in a cookie value.
+fn hex_encode(text: &str) -> String {
+    text.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+fn hex_decode(hex: &str) -> Option<String> {
+    if !hex.len().is_multiple_of(2) || !hex.is_ascii() {
+        return None;
+    }
+    let bytes = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).ok())
+        .collect::<Option<Vec<u8>>>()?;
+    String::from_utf8(bytes).ok()
+}
+
+/// Compares in time independent of where the first difference is.
+fn same_secret(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |diff, (x, y)| diff | (x ^ y))
+            == 0
+}
+
+fn signed_in(state: &HttpState, headers: &HeaderMap) -> bool {
+    match configured_token(state) {
+        None => true,
+        Some(expected) => {
+            presented_token(headers).is_some_and(|given| same_secret(&given, expected))
+        }
+    }
+}
+
+fn require_read(state: &HttpState, headers: &HeaderMap) -> Result<(), ApiError> {
+    if state.config.dashboard_token_for_reads && !signed_in(state, headers) {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "sign in: reads need the dashboard token",
+        ));
+    }
+    Ok(())
+}
+
+/// Actions need the token (when one is set) and must not come from another site's page.
+fn require_action(state: &HttpState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let cross_site = text("sec-fetch-site").is_some_and(|site| site == "cross-site")
+        || match (text("origin"), text("host")) {
+            (Some(origin), Some(host)) => {
+                let origin_host = origin
+                    .strip_prefix("http://")
+                    .or_else(|| origin.strip_prefix("https://"));
+                origin_host != Some(host)
+            }
+            (Some(_), None) => true,
+            _ => false,
+        };
+    if cross_site {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "cross-site request refused",
+        ));
+    }
+    if !signed_in(state, headers) {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "sign in: actions need the dashboard token",
+        ));
+    }
+    Ok(())
+}
+
+// ---- page ----
+
+async fn index() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CONTENT_SECURITY_POLICY, CONTENT_SECURITY_POLICY),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (header::REFERRER_POLICY, "no-referrer"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        INDEX_HTML,
+    )
+        .into_response()
+}
+
+async fn script() -> Response {
+    asset("text/javascript; charset=utf-8", DASHBOARD_JS)
+}
+
+async fn style() -> Response {
+    asset("text/css; charset=utf-8", DASHBOARD_CSS)
+}
+
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+// ---- session ----
+
+/// The Jaeger base URL, only when it is a plain http(s) URL (never `javascript:`).
+fn jaeger_url(state: &HttpState) -> Option<&str> {
+    let url = state.config.jaeger_url.trim_end_matches('/');
+    (url.starts_with("http://") || url.starts_with("https://")).then_some(url)
+}
+
+async fn session(State(state): State<HttpState>, headers: HeaderMap) -> axum::Json<Value> {
+    let signed_in = signed_in(&state, &headers);
+    let reads_open = !state.config.dashboard_token_for_reads || signed_in;
+    axum::Json(json!({
+        "token_required": configured_token(&state).is_some(),
+        "token_required_for_reads": state.config.dashboard_token_for_reads
+            && configured_token(&state).is_some(),
+        "signed_in": signed_in,
+        "jaeger_url": jaeger_url(&state).filter(|_| reads_open),
+        "refresh_ms": REFRESH_MS,
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+struct LoginForm {
+    token: String,
+}
+
+async fn login(
+    State(state): State<HttpState>,
+    headers: HeaderMap,
+    Form(form): Form<LoginForm>,
+) -> Result<Response, ApiError> {
+    let Some(expected) = configured_token(&state) else {
+        return Ok(axum::Json(json!({ "signed_in": true })).into_response());
+    };
+    let token = form.token.trim();
+    if !same_secret(token, expected) {
+        tracing::info!("dashboard sign-in refused: wrong token");
+        return Err(ApiError::new(StatusCode::UNAUTHORIZED, "wrong token"));
+    }
+    // Checked after the token so a wrong guess learns nothing from the origin check.
+    let cross_site = headers
+        .get("sec-fetch-site")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|site| site == "cross-site");
+    if cross_site {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "cross-site request refused",
+        ));
+    }
+    let cookie = format!(
+        "{SESSION_COOKIE}={}; Path=/; HttpOnly; SameSite=Strict",
+        hex_encode(token)
+    );
+    let cookie = HeaderValue::from_str(&cookie).map_err(|_| invalid("token", "is malformed"))?;
+    Ok((
+        [(header::SET_COOKIE, cookie)],
+        axum::Json(json!({ "signed_in": true })),
+    )
+        .into_response())
+}
+
+async fn logout() -> Response {
+    (
+        [(
+            header::SET_COOKIE,
+            HeaderValue::from_static(
+                "tarefa_dashboard_token=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0",
+            ),
+        )],
+        axum::Json(json!({ "signed_in": false })),
+    )
+        .into_response()
+}
+
+// ---- queues ----
+
+fn queue_json(stats: QueueStats) -> Value {
+    json!({
+        "name": stats.name,
+        "queued": stats.queued,
+        "running": stats.running,
+        "scheduled": stats.scheduled,
+        "retrying": stats.retrying,
+        "dead": stats.dead,
+        "paused": stats.paused,
+        "succeeded_last_minute": stats.succeeded_last_minute,
+        "failed_last_minute": stats.failed_last_minute,
+        "succeeded_per_minute": stats.succeeded_per_minute,
+        "failed_per_minute": stats.failed_per_minute,
+        "submitted_total": stats.submitted_total,
+        "succeeded_total": stats.succeeded_total,
+        "failed_total": stats.failed_total,
+        "dead_total": stats.dead_total,
+        "oldest_waiting_ms": stats.oldest_waiting_ms,
+        "executors": stats.executors.iter().map(|e| json!({
+            "executor_id": e.id,
+            "host": e.host,
+            "in_flight": e.in_flight,
+            "last_seen_ms": e.last_seen_ms,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+async fn queues(State(state): State<HttpState>, headers: HeaderMap) -> ApiResult {
+    require_read(&state, &headers)?;
+    let names = state.broker.queue_names().await?;
+    let mut queues = Vec::with_capacity(names.len());
+    for name in names {
+        queues.push(queue_json(state.broker.queue_stats(&name).await?));
+    }
+    Ok(axum::Json(json!({ "queues": queues })))
+}
+
+async fn queue_action(
+    State(state): State<HttpState>,
+    headers: HeaderMap,
+    Path((queue, action)): Path<(String, String)>,
+) -> ApiResult {
+    let queue = queue_name(&queue, &state.config, "queue")?;
+    let known = ["pause", "resume", "purge-dead", "retry-dead"];
+    if !known.contains(&action.as_str()) {
+        return Err(ApiError::not_found(format!(
+            "no queue action {action:?}; there are {}",
+            known.join(", ")
+        )));
+    }
+    require_action(&state, &headers)?;
+    let mut reply = json!({});
+    match action.as_str() {
+        "pause" | "resume" => {
+            let paused = action == "pause";
+            state.broker.set_paused(&queue, paused).await?;
+            tracing::info!(%queue, paused, "dashboard: queue {}", if paused { "paused" } else { "resumed" });
+        }
+        "purge-dead" => {
+            let purged = state.broker.purge_dead(&queue).await?;
+            tracing::info!(%queue, purged, "dashboard: dead tasks purged");
+            reply["purged"] = json!(purged);
+        }
+        _ => {
+            let retried = retry_all_dead(&state, &queue).await?;
+            tracing::info!(%queue, retried, "dashboard: dead tasks requeued");
+            reply["retried"] = json!(retried);
+        }
+    }
+    reply["queue"] = queue_json(state.broker.queue_stats(&queue).await?);
+    Ok(axum::Json(reply))
+}
+
+/// Requeues the DEAD tasks the queue has now, each once: first the list, then the retries, so
+/// a task that fails again at once is not requeued again in the same request. A task that left
+/// DEAD meanwhile is skipped. At most [`RETRY_DEAD_LIMIT`], so one request stays bounded.
+async fn retry_all_dead(state: &HttpState, queue: &str) -> Result<u64, ApiError> {
+    let mut ids = Vec::new();
+    let mut offset = 0;
+    while (ids.len() as u64) < RETRY_DEAD_LIMIT {
+        let page = state
+            .broker
+            .list_tasks(queue, TaskState::Dead, None, offset, RETRY_DEAD_BATCH)
+            .await?;
+        ids.extend(page.tasks.into_iter().map(|record| record.id));
+        match page.next_offset {
+            Some(next) => offset = next,
+            None => break,
+        }
+    }
+    let mut retried = 0;
+    for id in ids.iter().take(RETRY_DEAD_LIMIT as usize) {
+        match state.broker.retry(id).await {
+            Ok(_) => retried += 1,
+            Err(tarefa_queue::Error::FailedPrecondition(_) | tarefa_queue::Error::NotFound(_)) => {}
+            Err(error) => return Err(error.into()),
+        }
+    }
+    Ok(retried)
+}
+
+// ---- tasks ----
+
+/// At most [`PREVIEW_BYTES`] of `bytes` as text, with the full size.
+fn preview(bytes: &[u8], limit: usize) -> Value {
+    let cut = bytes.len().min(limit);
+    let head = &bytes[..cut];
+    // Do not end on half a UTF-8 character: back off to the last complete one.
+    let text = match std::str::from_utf8(head) {
+        Ok(text) => text.to_owned(),
+        Err(error) if error.error_len().is_none() => {
+            String::from_utf8_lossy(&head[..error.valid_up_to()]).into_owned()
+        }
+        Err(_) => String::from_utf8_lossy(head).into_owned(),
+    };
+    json!({ "text": text, "size": bytes.len(), "truncated": cut < bytes.len() })
+}
+
+fn can_retry(state: TaskState) -> bool {
+    matches!(state, TaskState::Dead | TaskState::Cancelled)
+}
+
+fn can_cancel(state: TaskState) -> bool {
+    !state.is_final()
+}
+
+/// A task as a list row: no payload or result.
+fn task_row(record: TaskRecord) -> Value {
+    let state = record.state;
+    let last_error = preview(record.last_error.as_bytes(), ROW_ERROR_BYTES);
+    json!({
+        "task_id": record.id.to_string(),
+        "queue": record.id.queue(),
+        "task_type": record.task_type,
+        "state": state.name(),
+        "attempt": record.attempt,
+        "max_attempts": record.max_attempts,
+        "created_at_ms": record.created_at_ms,
+        "run_at_ms": record.run_at_ms,
+        "started_at_ms": record.started_at_ms,
+        "finished_at_ms": record.finished_at_ms,
+        "progress": record.progress,
+        "last_error": last_error["text"],
+        "can_retry": can_retry(state),
+        "can_cancel": can_cancel(state),
+    })
+}
+
+/// A task in full, through the gRPC conversion so both show the same thing.
+fn task_detail(record: TaskRecord, jaeger_url: Option<&str>) -> Value {
+    let state = record.state;
+    let task = task_to_proto(record);
+    let trace_url = jaeger_url
+        .filter(|_| !task.trace_id.is_empty())
+        .map(|base| format!("{base}/trace/{}", task.trace_id));
+    let mut headers: Vec<(&String, &String)> = task.headers.iter().collect();
+    headers.sort();
+    json!({
+        "task_id": task.task_id,
+        "queue": task.queue,
+        "task_type": task.task_type,
+        "state": state.name(),
+        "attempt": task.attempt,
+        "max_attempts": task.max_attempts,
+        "content_type": task.content_type,
+        "payload": preview(&task.payload, PREVIEW_BYTES),
+        "result": preview(&task.result, PREVIEW_BYTES),
+        "last_error": preview(task.last_error.as_bytes(), PREVIEW_BYTES)["text"],
+        "errors": task.errors.iter().map(|e| json!({
+            "attempt": e.attempt,
+            "message": preview(e.message.as_bytes(), PREVIEW_BYTES)["text"],
+            "at_ms": e.at_ms,
+        })).collect::<Vec<_>>(),
+        "created_at_ms": task.created_at_ms,
+        "run_at_ms": task.run_at_ms,
+        "started_at_ms": task.started_at_ms,
+        "finished_at_ms": task.finished_at_ms,
+        "trace_id": task.trace_id,
+        "trace_url": trace_url,
+        "headers": headers,
+        "progress": task.progress,
+        "progress_message": task.progress_message,
+        "idempotency_key": task.idempotency_key,
+        "executor_id": task.executor_id,
+        "priority": task.priority,
+        "timeout_ms": task.timeout_ms,
+        "cancel_requested": task.cancel_requested,
+        "can_retry": can_retry(state),
+        "can_cancel": can_cancel(state),
+    })
+}
+
+/// `GET /api/tasks` query.
+#[derive(Debug, Deserialize)]
+struct TasksQuery {
+    #[serde(default)]
+    queue: String,
+    #[serde(default)]
+    state: String,
+    #[serde(default, rename = "type")]
+    task_type: String,
+    #[serde(default)]
+    page_token: String,
+    #[serde(default)]
+    page_size: Option<u64>,
+}
+
+fn parse_state(text: &str) -> Result<TaskState, ApiError> {
+    if text.is_empty() {
+        return Err(invalid("state", "is required"));
+    }
+    let name = text.strip_prefix("TASK_STATE_").unwrap_or(text);
+    (1..=7)
+        .filter_map(TaskState::from_code)
+        .find(|state| state.name().eq_ignore_ascii_case(name))
+        .ok_or_else(|| {
+            invalid(
+                "state",
+                "must be one of scheduled, queued, running, succeeded, retrying, dead, cancelled",
+            )
+        })
+}
+
+async fn tasks(
+    State(state): State<HttpState>,
+    headers: HeaderMap,
+    query: Result<Query<TasksQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult {
+    require_read(&state, &headers)?;
+    let Query(query) = query.map_err(|rejection| invalid("query", rejection.body_text()))?;
+    let queue = queue_name(&query.queue, &state.config, "queue")?;
+    let task_state = parse_state(&query.state)?;
+    let task_type = query.task_type.trim();
+    if task_type.len() > MAX_TASK_TYPE_LEN {
+        return Err(invalid(
+            "type",
+            format!("must be at most {MAX_TASK_TYPE_LEN} characters"),
+        ));
+    }
+    let page_size = match query.page_size {
+        None | Some(0) => DEFAULT_PAGE_SIZE,
+        Some(n) => n.min(MAX_PAGE_SIZE),
+    };
+    let offset = if query.page_token.is_empty() {
+        0
+    } else {
+        query
+            .page_token
+            .parse::<u64>()
+            .map_err(|_| invalid("page_token", "is not a token this server issued"))?
+    };
+    let page = state
+        .broker
+        .list_tasks(
+            &queue,
+            task_state,
+            (!task_type.is_empty()).then_some(task_type),
+            offset,
+            page_size,
+        )
+        .await?;
+    Ok(axum::Json(json!({
+        "queue": queue,
+        "state": task_state.name(),
+        "tasks": page.tasks.into_iter().map(task_row).collect::<Vec<_>>(),
+        "next_page_token": page.next_offset.map(|o| o.to_string()),
+    })))
+}
+
+async fn task(
+    State(state): State<HttpState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult {
+    require_read(&state, &headers)?;
+    let id = task_id(&id)?;
+    match state.broker.task(&id).await? {
+        Some(record) => Ok(axum::Json(task_detail(record, jaeger_url(&state)))),
+        None => Err(ApiError::not_found(format!("task {id} not found"))),
+    }
+}
+
+async fn task_action(
+    State(state): State<HttpState>,
+    headers: HeaderMap,
+    Path((id, action)): Path<(String, String)>,
+) -> ApiResult {
+    if action != "retry" && action != "cancel" {
+        return Err(ApiError::not_found(format!(
+            "no task action {action:?}; there are retry, cancel"
+        )));
+    }
+    let id = task_id(&id)?;
+    require_action(&state, &headers)?;
+    let record = if action == "retry" {
+        let record = state.broker.retry(&id).await?;
+        tracing::info!(task_id = %id, "dashboard: task requeued");
+        record
+    } else {
+        let record = state.broker.cancel(&id).await?;
+        tracing::info!(task_id = %id, state = %record.state, "dashboard: task cancel requested");
+        record
+    };
+    Ok(axum::Json(task_detail(record, jaeger_url(&state))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn preview_caps_and_keeps_whole_characters() {
+        let text = "é".repeat(3000); // 6000 bytes
+        let value = preview(text.as_bytes(), PREVIEW_BYTES);
+        assert_eq!(value["size"], 6000);
+        assert_eq!(value["truncated"], true);
+        let shown = value["text"].as_str().unwrap_or_default();
+        assert_eq!(shown.len(), PREVIEW_BYTES);
+        assert!(shown.chars().all(|c| c == 'é'));
+        let short = preview(b"{\"n\":1}", PREVIEW_BYTES);
+        assert_eq!(short["truncated"], false);
+        assert_eq!(short["text"], "{\"n\":1}");
+    }
+
+    #[test]
+    fn tokens_come_from_bearer_or_cookie() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(presented_token(&headers), None);
+        let cookie = format!("a=b; tarefa_dashboard_token={}", hex_encode("s3 c;ret"));
+        headers.insert(
+            header::COOKIE,
+            HeaderValue::from_str(&cookie).expect("ascii"),
+        );
+        assert_eq!(presented_token(&headers).as_deref(), Some("s3 c;ret"));
+        headers.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer t0ken"),
+        );
+        assert_eq!(presented_token(&headers).as_deref(), Some("t0ken"));
+        assert_eq!(hex_decode("zz"), None);
+        assert_eq!(hex_decode("abc"), None);
+        assert!(same_secret("abc", "abc"));
+        assert!(!same_secret("abc", "abd"));
+        assert!(!same_secret("abc", "abcd"));
+    }
+
+    #[test]
+    fn states_parse_by_name() {
+        assert_eq!(parse_state("dead").ok(), Some(TaskState::Dead));
+        assert_eq!(
+            parse_state("TASK_STATE_QUEUED").ok(),
+            Some(TaskState::Queued)
+        );
+        assert_eq!(parse_state("Succeeded").ok(), Some(TaskState::Succeeded));
+        assert!(parse_state("").is_err());
+        assert!(parse_state("done").is_err());
+    }
+}
