@@ -1,6 +1,7 @@
 //! The commands that talk to a scheduler: submit, get, watch, queues, tasks, cancel, retry,
 //! pause, resume, purge-dead. Human output by default, `--json` for scripts.
 
+use std::collections::HashSet;
 use std::io::Write as _;
 use std::time::Duration;
 
@@ -8,7 +9,7 @@ use futures::StreamExt;
 use tarefa_client::{Client, Error, SubmitOptions};
 use tarefa_proto as pb;
 
-use crate::{Command, EXIT_FAILED};
+use crate::{Command, EXIT_FAILED, EXIT_USAGE};
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct SubmitArgs {
@@ -140,7 +141,32 @@ fn final_code(task: &pb::Task) -> i32 {
     }
 }
 
+/// What is wrong with the arguments, found before connecting: a bad argument is the user's to
+/// fix whether or not the scheduler is up, so it exits [`EXIT_USAGE`] either way.
+fn usage_error(command: &Command) -> Option<String> {
+    match command {
+        Command::Submit(args)
+            if serde_json::from_str::<serde_json::Value>(&args.payload).is_err() =>
+        {
+            Some(format!("the payload is not valid JSON: {}", args.payload))
+        }
+        Command::Tasks(args) if parse_state(&args.state).is_none() => {
+            Some(format!("unknown state {:?}", args.state))
+        }
+        Command::Retry(args) if args.task_id.is_none() && !args.all_dead => {
+            Some("give a task id or --all-dead".to_owned())
+        }
+        _ => None,
+    }
+}
+
+/// Runs one of the scheduler commands; `Ok` carries the exit code, `Err` a client error (the
+/// caller maps it to an exit code).
 pub(crate) async fn run(scheduler: &str, json: bool, command: Command) -> Result<i32, Error> {
+    if let Some(message) = usage_error(&command) {
+        eprintln!("tarefa: {message}");
+        return Ok(EXIT_USAGE);
+    }
     let client = Client::connect(scheduler.to_owned()).await?;
     match command {
         Command::Dev(_) => Ok(0),
@@ -195,7 +221,7 @@ pub(crate) async fn run(scheduler: &str, json: bool, command: Command) -> Result
         Command::Tasks(args) => {
             let Some(state) = parse_state(&args.state) else {
                 eprintln!("tarefa: unknown state {:?}", args.state);
-                return Ok(2);
+                return Ok(EXIT_USAGE);
             };
             let page = client
                 .list_tasks(pb::ListTasksRequest {
@@ -275,7 +301,7 @@ pub(crate) async fn run(scheduler: &str, json: bool, command: Command) -> Result
 async fn submit(client: &Client, json: bool, args: SubmitArgs) -> Result<i32, Error> {
     if serde_json::from_str::<serde_json::Value>(&args.payload).is_err() {
         eprintln!("tarefa: the payload is not valid JSON: {}", args.payload);
-        return Ok(2);
+        return Ok(EXIT_USAGE);
     }
     let options = SubmitOptions {
         queue: Some(args.queue.clone()),
@@ -421,6 +447,9 @@ async fn watch(client: &Client, json: bool, task_id: &str) -> Result<i32, Error>
     Ok(final_code(&task))
 }
 
+/// Requeues one dead task, or with `--all-dead` every task that is dead when it starts: each
+/// at most once, so a task that dies again while this runs (or cannot be requeued) does not
+/// keep it looping.
 async fn retry(client: &Client, json: bool, args: RetryArgs) -> Result<i32, Error> {
     if let Some(task_id) = args.task_id {
         let task = client.retry(&task_id).await?;
@@ -429,25 +458,14 @@ async fn retry(client: &Client, json: bool, args: RetryArgs) -> Result<i32, Erro
     }
     if !args.all_dead {
         eprintln!("tarefa: give a task id or --all-dead");
-        return Ok(2);
+        return Ok(EXIT_USAGE);
     }
+    let dead = dead_task_ids(client, &args.queue).await?;
     let mut retried = 0;
-    loop {
-        let page = client
-            .list_tasks(pb::ListTasksRequest {
-                queue: args.queue.clone(),
-                state: pb::TaskState::Dead as i32,
-                page_size: 500,
-                ..Default::default()
-            })
-            .await?;
-        if page.tasks.is_empty() {
-            break;
-        }
-        for task in page.tasks {
-            if client.retry(&task.task_id).await.is_ok() {
-                retried += 1;
-            }
+    for task_id in &dead {
+        match client.retry(task_id).await {
+            Ok(_) => retried += 1,
+            Err(error) => eprintln!("tarefa: cannot requeue {task_id}: {error}"),
         }
     }
     if json {
@@ -456,4 +474,35 @@ async fn retry(client: &Client, json: bool, args: RetryArgs) -> Result<i32, Erro
         println!("requeued {retried} dead tasks from {}", args.queue);
     }
     Ok(0)
+}
+
+/// The ids of the dead tasks of `queue`, read page by page before any is requeued (the pages
+/// are offsets into a list that requeueing would shift). A task that dies meanwhile shifts the
+/// list too and can show up twice: each id is kept once.
+async fn dead_task_ids(client: &Client, queue: &str) -> Result<Vec<String>, Error> {
+    let mut seen = HashSet::new();
+    let mut ids = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = client
+            .list_tasks(pb::ListTasksRequest {
+                queue: queue.to_owned(),
+                state: pb::TaskState::Dead as i32,
+                page_size: 500,
+                page_token,
+                ..Default::default()
+            })
+            .await?;
+        // An empty page ends it too, whatever its token says: this loop must end.
+        let last_page = page.tasks.is_empty() || page.next_page_token.is_empty();
+        for task in page.tasks {
+            if seen.insert(task.task_id.clone()) {
+                ids.push(task.task_id);
+            }
+        }
+        if last_page {
+            return Ok(ids);
+        }
+        page_token = page.next_page_token;
+    }
 }

@@ -416,4 +416,36 @@ impl Client {
             .into_inner()
             .purged)
     }
+
+    /// Requeues every dead task of a queue; returns how many.
+    pub async fn retry_dead(&self, queue: &str) -> Result<u64, Error> {
+        let message = request(pb::RetryDeadTasksRequest {
+            queue: queue.to_owned(),
+        });
+        Ok(self
+            .inner
+            .clone()
+            .retry_dead_tasks(message)
+            .await?
+            .into_inner()
+            .retried)
+    }
+
+    /// Reports a running attempt's progress (for handlers outside an executor).
+    pub async fn report_progress(
+        &self,
+        task_id: &str,
+        attempt: u32,
+        fraction: f64,
+        message: &str,
+    ) -> Result<(), Error> {
+        let message = request(pb::ReportProgressRequest {
+            task_id: task_id.to_owned(),
+            attempt,
+            fraction,
+            message: message.to_owned(),
+        });
+        self.inner.clone().report_progress(message).await?;
+        Ok(())
+    }
 }

@@ -17,4 +17,5 @@ elseif state == S_RUNNING then
   redis.call('HSET', key, 'cancel', '1')
   notify(id, S_RUNNING)
 end
+flush_notifications()
 return state

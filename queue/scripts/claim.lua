@@ -67,4 +67,5 @@ end
 for i = 1, #leases, 1000 do
   redis.call('ZADD', LEASES, unpack(leases, i, math.min(i + 999, #leases)))
 end
+flush_notifications()
 return out

@@ -27,9 +27,17 @@ end
 local function record_key(id) return base .. 't:' .. id end
 local function errors_key(id) return base .. 'e:' .. id end
 
--- Tells watchers (WatchTask) that a task changed; the message is its new state.
+-- Task ids changed by this script call, announced to watchers (WatchTask) by one PUBLISH on
+-- the queue's events channel when the script ends (`flush_notifications`): one message per
+-- call, not per task, so batches stay cheap.
+local changed = {}
 local function notify(id, state)
-  redis.call('PUBLISH', base .. 'ev:' .. id, state)
+  changed[#changed + 1] = id
+end
+local function flush_notifications()
+  if #changed > 0 then
+    redis.call('PUBLISH', base .. 'events', table.concat(changed, ' '))
+  end
 end
 
 -- Counts an event in the queue's totals and in its per-minute bucket (kept two hours).

@@ -85,4 +85,5 @@ if #ok_ids > 0 then
 end
 if succeeded > 0 then count('succeeded', succeeded, now) end
 if failed > 0 then count('failed', failed, now) end
+flush_notifications()
 return out

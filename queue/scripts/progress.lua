@@ -6,4 +6,5 @@ local r = redis.call('HMGET', key, 'state', 'att')
 if r[1] ~= S_RUNNING or r[2] ~= attempt then return 0 end
 redis.call('HSET', key, 'prog', ARGV[3], 'pmsg', ARGV[4])
 notify(id, S_RUNNING)
+flush_notifications()
 return 1

@@ -24,4 +24,5 @@ for _, set in ipairs({SCHEDULED, RETRYING}) do
     if next_due < 0 or wait < next_due then next_due = wait end
   end
 end
+flush_notifications()
 return {n, next_due}

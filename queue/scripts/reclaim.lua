@@ -32,4 +32,5 @@ for _, id in ipairs(expired) do
     end
   end
 end
+flush_notifications()
 return n

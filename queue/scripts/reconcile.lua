@@ -109,4 +109,5 @@ for i = 1, #beats, 2 do
   if now - last_seen > stale * 10 then redis.call('HDEL', EXECUTORS, beats[i]) end
 end
 
+flush_notifications()
 return {orphans, unleased, stuck, reindexed, removed}

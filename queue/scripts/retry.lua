@@ -14,4 +14,5 @@ if state == S_DEAD or state == S_CANCELLED then
   redis.call('PERSIST', errors_key(id))
   enqueue(id, key, now)
 end
+flush_notifications()
 return state

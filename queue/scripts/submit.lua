@@ -57,8 +57,8 @@ for i = 0, n - 1 do
       fields[#fields + 1] = entry
       fields[#fields + 1] = 'rtime'
       fields[#fields + 1] = now
+      -- No notification: nobody can be watching a task that did not exist.
       redis.call('HSET', key, unpack(fields))
-      notify(id, S_QUEUED)
     end
     created = created + 1
     out[#out + 1] = id

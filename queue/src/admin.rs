@@ -271,6 +271,32 @@ impl Broker {
         Ok(())
     }
 
+    /// Requeues the DEAD tasks of `queue`, each at most once (a snapshot of at most `limit` ids
+    /// is taken first, so a task that dies again at once is not retried again); returns how
+    /// many were requeued.
+    pub async fn retry_dead(&self, queue: &str, limit: u64) -> Result<u64> {
+        let mut con = self.con.clone();
+        let ids: Vec<String> = self
+            .timed(
+                redis::cmd("ZRANGE")
+                    .arg(self.keys.queue_key(queue, DEAD))
+                    .arg(0)
+                    .arg(limit.saturating_sub(1) as i64)
+                    .query_async(&mut con),
+            )
+            .await?;
+        let mut retried = 0;
+        for local in ids {
+            match self.retry(&TaskId::from_parts(queue, &local)).await {
+                Ok(_) => retried += 1,
+                // Expired or already retried meanwhile: nothing to do.
+                Err(Error::NotFound(_) | Error::FailedPrecondition(_)) => {}
+                Err(error) => return Err(error),
+            }
+        }
+        Ok(retried)
+    }
+
     /// Deletes every DEAD task of `queue`; returns how many.
     pub async fn purge_dead(&self, queue: &str) -> Result<u64> {
         let mut total = 0;

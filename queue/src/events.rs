@@ -1,8 +1,9 @@
 //! Task-change notifications for `WatchTask`, over Redis pub/sub.
 //!
-//! Every script that changes a task publishes on the task's channel. [`Events`] keeps one
-//! subscriber connection per process and wakes the watchers of a task. Notifications are
-//! best-effort (pub/sub drops messages while disconnected), so watchers also re-read the
+//! Every script that changes tasks publishes, once per call, the ids it changed on the queue's
+//! events channel. [`Events`] keeps one subscriber connection per process, subscribed to the
+//! channels of the queues that have watchers, and wakes the watchers of each id. Notifications
+//! are best-effort (pub/sub drops messages while disconnected), so watchers also re-read their
 //! task on a slow timer; the notification only makes them fast.
 
 use std::collections::HashMap;
@@ -17,8 +18,10 @@ use crate::task::TaskId;
 
 #[derive(Default)]
 struct Registry {
-    /// Channel -> (subscription id, waker).
+    /// Task id (`queue:local`) -> (subscription id, waker).
     watchers: HashMap<String, Vec<(u64, Arc<Notify>)>>,
+    /// Events channel -> (its queue, how many watchers it serves).
+    channels: HashMap<String, (String, usize)>,
     next_id: u64,
 }
 
@@ -45,6 +48,7 @@ impl std::fmt::Debug for Events {
 #[derive(Debug)]
 pub struct Subscription {
     events: Events,
+    task: String,
     channel: String,
     id: u64,
     notify: Arc<Notify>,
@@ -60,13 +64,19 @@ impl Subscription {
 impl Drop for Subscription {
     fn drop(&mut self) {
         let mut last = false;
-        if let Ok(mut registry) = self.events.registry.lock()
-            && let Some(list) = registry.watchers.get_mut(&self.channel)
-        {
-            list.retain(|(id, _)| *id != self.id);
-            if list.is_empty() {
-                registry.watchers.remove(&self.channel);
-                last = true;
+        if let Ok(mut registry) = self.events.registry.lock() {
+            if let Some(list) = registry.watchers.get_mut(&self.task) {
+                list.retain(|(id, _)| *id != self.id);
+                if list.is_empty() {
+                    registry.watchers.remove(&self.task);
+                }
+            }
+            if let Some((_, count)) = registry.channels.get_mut(&self.channel) {
+                *count = count.saturating_sub(1);
+                if *count == 0 {
+                    registry.channels.remove(&self.channel);
+                    last = true;
+                }
             }
         }
         if last {
@@ -97,16 +107,25 @@ impl Events {
 
     /// Registers interest in `task`'s changes.
     pub fn subscribe(&self, task: &TaskId) -> Subscription {
-        let channel = self.keys.events_channel(task.queue(), task.local());
+        let channel = self.keys.events_channel(task.queue());
+        let key = task.to_string();
         let notify = Arc::new(Notify::new());
         let mut first = false;
         let id = match self.registry.lock() {
             Ok(mut registry) => {
                 registry.next_id += 1;
                 let id = registry.next_id;
-                let list = registry.watchers.entry(channel.clone()).or_default();
-                first = list.is_empty();
-                list.push((id, notify.clone()));
+                registry
+                    .watchers
+                    .entry(key.clone())
+                    .or_default()
+                    .push((id, notify.clone()));
+                let entry = registry
+                    .channels
+                    .entry(channel.clone())
+                    .or_insert_with(|| (task.queue().to_owned(), 0));
+                entry.1 += 1;
+                first = entry.1 == 1;
                 id
             }
             Err(_) => 0,
@@ -116,6 +135,7 @@ impl Events {
         }
         Subscription {
             events: self.clone(),
+            task: key,
             channel,
             id,
             notify,
@@ -162,7 +182,7 @@ async fn run(
         let (mut sink, mut stream) = pubsub.split();
         let channels: Vec<String> = registry
             .lock()
-            .map(|r| r.watchers.keys().cloned().collect())
+            .map(|r| r.channels.keys().cloned().collect())
             .unwrap_or_default();
         if !channels.is_empty() && sink.subscribe(channels).await.is_err() {
             continue;
@@ -184,9 +204,14 @@ async fn run(
                 message = stream.next() => {
                     let Some(message) = message else { break };
                     let channel = message.get_channel_name().to_owned();
+                    let payload: String = message.get_payload().unwrap_or_default();
                     if let Ok(registry) = registry.lock() {
-                        for (_, notify) in registry.watchers.get(&channel).into_iter().flatten() {
-                            notify.notify_one();
+                        let Some((queue, _)) = registry.channels.get(&channel) else { continue };
+                        for local in payload.split(' ') {
+                            let key = format!("{queue}:{local}");
+                            for (_, notify) in registry.watchers.get(&key).into_iter().flatten() {
+                                notify.notify_one();
+                            }
                         }
                     }
                 }

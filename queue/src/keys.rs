@@ -68,9 +68,10 @@ impl Keys {
         format!("{}:{{{queue}}}:e:{local_id}", self.namespace)
     }
 
-    /// The pub/sub channel on which a task's changes are announced.
-    pub fn events_channel(&self, queue: &str, local_id: &str) -> String {
-        format!("{}:{{{queue}}}:ev:{local_id}", self.namespace)
+    /// The pub/sub channel on which a queue's task changes are announced: each message is the
+    /// space-separated local ids of the tasks one script call changed.
+    pub fn events_channel(&self, queue: &str) -> String {
+        format!("{}:{{{queue}}}:events", self.namespace)
     }
 
     /// The set of known queue names.
@@ -89,6 +90,6 @@ mod tests {
         assert_eq!(keys.queue_prefix("default"), "tarefa:{default}:");
         assert_eq!(keys.queue_key("default", STREAM), "tarefa:{default}:stream");
         assert_eq!(keys.record("mail", "01J"), "tarefa:{mail}:t:01J");
-        assert_eq!(keys.events_channel("mail", "01J"), "tarefa:{mail}:ev:01J");
+        assert_eq!(keys.events_channel("mail"), "tarefa:{mail}:events");
     }
 }

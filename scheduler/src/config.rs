@@ -73,6 +73,83 @@ pub struct Config {
         default_value_t = false
     )]
     pub dashboard_token_for_reads: bool,
+    /// Per-queue defaults for tasks that do not say, `;`-separated or repeated:
+    /// `mail:max_attempts=10,backoff_initial_ms=5000,backoff_max_ms=600000` (keys:
+    /// max_attempts, timeout_ms, result_ttl_ms, backoff_initial_ms, backoff_max_ms,
+    /// backoff_multiplier). A submit's own values win; then these; then the global defaults.
+    #[arg(
+        long = "queue-defaults",
+        env = "TAREFA_QUEUE_DEFAULTS",
+        value_delimiter = ';'
+    )]
+    pub queue_defaults: Vec<QueueDefaults>,
+}
+
+/// Defaults for the tasks of one queue (see `--queue-defaults`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct QueueDefaults {
+    /// The queue they apply to.
+    pub queue: String,
+    /// Attempts in all.
+    pub max_attempts: Option<u32>,
+    /// Per-attempt timeout (ms).
+    pub timeout_ms: Option<u64>,
+    /// How long results stay readable (ms).
+    pub result_ttl_ms: Option<u64>,
+    /// Delay before the second attempt (ms).
+    pub backoff_initial_ms: Option<u64>,
+    /// Largest delay between attempts (ms).
+    pub backoff_max_ms: Option<u64>,
+    /// Growth of the delay per attempt.
+    pub backoff_multiplier: Option<f64>,
+}
+
+impl std::str::FromStr for QueueDefaults {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let (queue, settings) = text
+            .split_once(':')
+            .ok_or_else(|| format!("{text:?}: expected QUEUE:key=value,key=value"))?;
+        tarefa_queue::validate_queue_name(queue, usize::MAX)
+            .map_err(|e| format!("{text:?}: {e}"))?;
+        let mut defaults = Self {
+            queue: queue.to_owned(),
+            ..Self::default()
+        };
+        for setting in settings.split(',').filter(|s| !s.trim().is_empty()) {
+            let (key, value) = setting
+                .split_once('=')
+                .ok_or_else(|| format!("{text:?}: {setting:?} is not key=value"))?;
+            let (key, value) = (key.trim(), value.trim());
+            let bad = |e: &dyn std::fmt::Display| format!("{text:?}: {key}: {e}");
+            match key {
+                "max_attempts" => defaults.max_attempts = Some(value.parse().map_err(|e| bad(&e))?),
+                "timeout_ms" => defaults.timeout_ms = Some(value.parse().map_err(|e| bad(&e))?),
+                "result_ttl_ms" => {
+                    defaults.result_ttl_ms = Some(value.parse().map_err(|e| bad(&e))?)
+                }
+                "backoff_initial_ms" => {
+                    defaults.backoff_initial_ms = Some(value.parse().map_err(|e| bad(&e))?)
+                }
+                "backoff_max_ms" => {
+                    defaults.backoff_max_ms = Some(value.parse().map_err(|e| bad(&e))?)
+                }
+                "backoff_multiplier" => {
+                    let multiplier: f64 = value.parse().map_err(|e| bad(&e))?;
+                    if !multiplier.is_finite() || !(1.0..=100.0).contains(&multiplier) {
+                        return Err(bad(&"must be between 1 and 100"));
+                    }
+                    defaults.backoff_multiplier = Some(multiplier);
+                }
+                other => return Err(format!("{text:?}: unknown setting {other:?}")),
+            }
+        }
+        if defaults.max_attempts == Some(0) {
+            return Err(format!("{text:?}: max_attempts must be at least 1"));
+        }
+        Ok(defaults)
+    }
 }
 
 impl Config {
@@ -97,7 +174,13 @@ impl Config {
             shutdown_grace_secs: 10,
             dashboard_token: None,
             dashboard_token_for_reads: false,
+            queue_defaults: Vec::new(),
         }
+    }
+
+    /// The defaults configured for `queue`, if any.
+    pub fn defaults_for(&self, queue: &str) -> Option<&QueueDefaults> {
+        self.queue_defaults.iter().rev().find(|d| d.queue == queue)
     }
 
     /// The queue layer's configuration.

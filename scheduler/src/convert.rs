@@ -119,8 +119,12 @@ pub(crate) fn new_task(
             ));
         }
     };
+    let queue_defaults = config.defaults_for(&queue).cloned().unwrap_or_default();
     let max_attempts = match request.max_attempts {
-        0 => config.default_max_attempts.max(1),
+        0 => queue_defaults
+            .max_attempts
+            .unwrap_or(config.default_max_attempts)
+            .max(1),
         n if n > MAX_ATTEMPTS_LIMIT => {
             return Err(invalid(
                 &field("max_attempts"),
@@ -129,59 +133,67 @@ pub(crate) fn new_task(
         }
         n => n,
     };
-    let backoff = match request.backoff {
-        None => None,
-        Some(b) => {
-            let default = Backoff::default();
-            let multiplier = if b.multiplier == 0.0 {
-                default.multiplier
-            } else {
-                b.multiplier
-            };
-            if !multiplier.is_finite() || !(1.0..=100.0).contains(&multiplier) {
-                return Err(invalid(
-                    &field("backoff.multiplier"),
-                    "must be between 1 and 100",
-                ));
-            }
-            let initial = if b.initial_ms == 0 {
-                default.initial
-            } else {
-                Duration::from_millis(b.initial_ms)
-            };
-            let max = if b.max_ms == 0 {
-                default.max.max(initial)
-            } else {
-                Duration::from_millis(b.max_ms)
-            };
-            if initial > max {
-                return Err(invalid(
-                    &field("backoff.max_ms"),
-                    "must not be below backoff.initial_ms",
-                ));
-            }
-            if max.as_millis() as u64 > MAX_DELAY_MS {
-                return Err(invalid(
-                    &field("backoff.max_ms"),
-                    "must be at most one year",
-                ));
-            }
-            Some(Backoff {
-                initial,
-                max,
-                multiplier,
-            })
+    let queue_backoff = queue_defaults.backoff_initial_ms.is_some()
+        || queue_defaults.backoff_max_ms.is_some()
+        || queue_defaults.backoff_multiplier.is_some();
+    let backoff = if request.backoff.is_none() && !queue_backoff {
+        None
+    } else {
+        let requested = request.backoff.unwrap_or_default();
+        let default = Backoff::default();
+        let pick = |asked: u64, queue: Option<u64>| match (asked, queue) {
+            (0, Some(ms)) if ms > 0 => Some(Duration::from_millis(ms)),
+            (0, _) => None,
+            (ms, _) => Some(Duration::from_millis(ms)),
+        };
+        let multiplier = if requested.multiplier == 0.0 {
+            queue_defaults
+                .backoff_multiplier
+                .unwrap_or(default.multiplier)
+        } else {
+            requested.multiplier
+        };
+        if !multiplier.is_finite() || !(1.0..=100.0).contains(&multiplier) {
+            return Err(invalid(
+                &field("backoff.multiplier"),
+                "must be between 1 and 100",
+            ));
         }
+        let initial = pick(requested.initial_ms, queue_defaults.backoff_initial_ms)
+            .unwrap_or(default.initial);
+        let max = pick(requested.max_ms, queue_defaults.backoff_max_ms)
+            .unwrap_or_else(|| default.max.max(initial));
+        if initial > max {
+            return Err(invalid(
+                &field("backoff.max_ms"),
+                "must not be below backoff.initial_ms",
+            ));
+        }
+        if max.as_millis() as u64 > MAX_DELAY_MS {
+            return Err(invalid(
+                &field("backoff.max_ms"),
+                "must be at most one year",
+            ));
+        }
+        Some(Backoff {
+            initial,
+            max,
+            multiplier,
+        })
     };
     let timeout_ms = match request.timeout_ms {
-        0 => config.default_timeout_ms,
+        0 => queue_defaults
+            .timeout_ms
+            .unwrap_or(config.default_timeout_ms),
         t if t > MAX_DELAY_MS => {
             return Err(invalid(&field("timeout_ms"), "must be at most one year"));
         }
         t => t,
     };
     let result_ttl_ms = match request.result_ttl_ms {
-        0 => config.default_result_ttl_ms,
+        0 => queue_defaults
+            .result_ttl_ms
+            .unwrap_or(config.default_result_ttl_ms),
         t if t > MAX_DELAY_MS => {
             return Err(invalid(&field("result_ttl_ms"), "must be at most one year"));
         }

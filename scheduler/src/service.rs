@@ -23,6 +23,10 @@ use crate::metrics::Metrics;
 const WATCH_POLL: Duration = Duration::from_secs(1);
 const DEFAULT_PAGE_SIZE: u32 = 50;
 const MAX_PAGE_SIZE: u32 = 1000;
+/// Most dead tasks one RetryDeadTasks call requeues.
+const MAX_RETRY_DEAD: u64 = 100_000;
+/// Longest progress message accepted.
+const MAX_PROGRESS_MESSAGE: usize = 1024;
 
 /// The service state shared by all RPCs.
 #[derive(Debug, Clone)]
@@ -321,5 +325,47 @@ impl pb::scheduler_server::Scheduler for SchedulerService {
         let purged = self.broker.purge_dead(&queue).await.map_err(Error::from)?;
         tracing::info!(%queue, purged, "dead tasks purged");
         Ok(Response::new(pb::PurgeDeadTasksResponse { purged }))
+    }
+
+    async fn retry_dead_tasks(
+        &self,
+        request: Request<pb::RetryDeadTasksRequest>,
+    ) -> Result<Response<pb::RetryDeadTasksResponse>, Status> {
+        let queue = queue_name(&request.get_ref().queue, &self.config, "queue")?;
+        let retried = self
+            .broker
+            .retry_dead(&queue, MAX_RETRY_DEAD)
+            .await
+            .map_err(Error::from)?;
+        tracing::info!(%queue, retried, "dead tasks requeued");
+        Ok(Response::new(pb::RetryDeadTasksResponse { retried }))
+    }
+
+    async fn report_progress(
+        &self,
+        request: Request<pb::ReportProgressRequest>,
+    ) -> Result<Response<pb::ReportProgressResponse>, Status> {
+        let request = request.into_inner();
+        let id = task_id(&request.task_id)?;
+        if !request.fraction.is_finite() {
+            return Err(Status::invalid_argument("fraction: must be a number"));
+        }
+        if request.message.len() > MAX_PROGRESS_MESSAGE {
+            return Err(Status::invalid_argument(format!(
+                "message: must be at most {MAX_PROGRESS_MESSAGE} bytes"
+            )));
+        }
+        let recorded = self
+            .broker
+            .report_progress(&id, request.attempt, request.fraction, &request.message)
+            .await
+            .map_err(Error::from)?;
+        if !recorded {
+            return Err(Status::failed_precondition(format!(
+                "task {id} is not running attempt {}",
+                request.attempt
+            )));
+        }
+        Ok(Response::new(pb::ReportProgressResponse {}))
     }
 }

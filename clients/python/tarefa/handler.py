@@ -65,6 +65,31 @@ class Context:
     #: The W3C ``traceparent`` of the executor's attempt span ("" when untraced).
     traceparent: str = ""
     _grpc_context: Any = field(default=None, repr=False, compare=False)
+    _scheduler: Any = field(default=None, repr=False, compare=False)
+
+    def progress(self, fraction: float, message: str = "") -> bool:
+        """Reports progress (0.0 to 1.0) shown by GetTask, WatchTask, the CLI and the dashboard.
+
+        Needs ``serve(..., scheduler="host:50051")``; without it this does nothing. Best-effort:
+        returns False (and logs) when the report was not recorded.
+        """
+        if self._scheduler is None:
+            log.debug("progress of %s not reported: serve() was given no scheduler", self.task_id)
+            return False
+        try:
+            self._scheduler.ReportProgress(
+                pb.ReportProgressRequest(
+                    task_id=self.task_id,
+                    attempt=self.attempt,
+                    fraction=float(fraction),
+                    message=message[:1024],
+                ),
+                timeout=5,
+            )
+            return True
+        except grpc.RpcError as error:
+            log.info("progress of %s not recorded: %s", self.task_id, error.details())
+            return False
 
     def time_left(self) -> float:
         """Seconds until the attempt times out."""
@@ -101,8 +126,9 @@ def _is_json(content_type: str) -> bool:
 class TaskHandlerService(pb_grpc.TaskHandlerServicer):
     """``tarefa.v1.TaskHandler`` over a map of task type to Python function."""
 
-    def __init__(self, handlers: Mapping[str, HandlerFn]):
+    def __init__(self, handlers: Mapping[str, HandlerFn], scheduler: Any = None):
         self._handlers = {name: (fn, _wants_context(fn)) for name, fn in handlers.items()}
+        self._scheduler = scheduler
 
     def Execute(self, request: pb.ExecuteRequest, context: grpc.ServicerContext) -> pb.ExecuteResponse:  # noqa: N802
         metadata = {k: v for k, v in context.invocation_metadata() if isinstance(v, str)}
@@ -141,6 +167,7 @@ class TaskHandlerService(pb_grpc.TaskHandlerServicer):
             headers=dict(request.headers),
             traceparent=traceparent,
             _grpc_context=context,
+            _scheduler=self._scheduler,
         )
         try:
             output = fn(args, task_context) if wants_context else fn(args)
@@ -196,6 +223,7 @@ def serve(
     host: str = "127.0.0.1",
     max_workers: int = 8,
     block: bool = True,
+    scheduler: Optional[str] = None,
 ) -> HandlerServer:
     """Serves ``handlers`` (task type -> function) as ``tarefa.v1.TaskHandler``.
 
@@ -203,7 +231,8 @@ def serve(
     a JSON-encodable result (or bytes). Raising :class:`Retry` or :class:`Fail` chooses what
     happens next; any other exception fails the attempt, which is retried.
 
-    ``host="0.0.0.0"`` listens on every interface (in a container). With ``block`` (the
+    ``scheduler="host:50051"`` lets handlers report progress with ``context.progress(0.5,
+    "halfway")``. ``host="0.0.0.0"`` listens on every interface (in a container). With ``block`` (the
     default) it runs until SIGINT or SIGTERM, then drains; otherwise it returns at once.
     """
     server = grpc.server(
@@ -213,7 +242,10 @@ def serve(
             ("grpc.max_send_message_length", 64 * 1024 * 1024),
         ],
     )
-    pb_grpc.add_TaskHandlerServicer_to_server(TaskHandlerService(handlers), server)
+    scheduler_stub = None
+    if scheduler:
+        scheduler_stub = pb_grpc.SchedulerStub(grpc.insecure_channel(scheduler))
+    pb_grpc.add_TaskHandlerServicer_to_server(TaskHandlerService(handlers, scheduler_stub), server)
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     bound = server.add_insecure_port(address)
     if bound == 0:

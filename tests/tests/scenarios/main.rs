@@ -1,6 +1,7 @@
 //! Tarefa's integration scenarios, one test binary: real Redis, real scheduler and executor
 //! processes, real gRPC clients. The harness lives in `tests/src/lib.rs`.
 
+mod cli;
 mod compose;
 mod dashboard;
 mod polyglot;

@@ -219,7 +219,9 @@ import tarefa
 def flaky(args, context):
     if context.attempt == 1:
         raise tarefa.Retry("not yet", after=1)
+    recorded = context.progress(0.5, "halfway")
     return {
+        "progress_recorded": recorded,
         "attempt": context.attempt,
         "max_attempts": context.max_attempts,
         "task_id": context.task_id,
@@ -238,7 +240,11 @@ def reject(args):
 def explode(args):
     raise ValueError("boom %d" % args["n"])
 
-tarefa.serve({"py.flaky": flaky, "py.reject": reject, "py.raise": explode}, port=int(sys.argv[1]))
+tarefa.serve(
+    {"py.flaky": flaky, "py.reject": reject, "py.raise": explode},
+    port=int(sys.argv[1]),
+    scheduler=sys.argv[2],
+)
 "#;
 
 /// A Python producer exercising the client API; prints one JSON object.
@@ -362,27 +368,6 @@ async fn python_producers_and_grpc_handlers() -> anyhow::Result<()> {
     std::fs::write(&test_producer, TEST_PRODUCER)?;
 
     let (example_port, test_port, down_port) = (free_port(), free_port(), free_port());
-    let _example = start_python(
-        &python,
-        "example-handler",
-        &[
-            example_handler.to_str().expect("utf-8"),
-            "--port",
-            &example_port.to_string(),
-        ],
-        example_port,
-        logs.path(),
-    );
-    let _test = start_python(
-        &python,
-        "test-handler",
-        &[
-            test_handler.to_str().expect("utf-8"),
-            &test_port.to_string(),
-        ],
-        test_port,
-        logs.path(),
-    );
     let grpc = |port: u16| format!("grpc://127.0.0.1:{port}");
     let routes = [
         format!("word_count={}", grpc(example_port)),
@@ -401,6 +386,30 @@ async fn python_producers_and_grpc_handlers() -> anyhow::Result<()> {
         .endpoint
         .trim_start_matches("http://")
         .to_owned();
+    // The handlers start after the services: the executor connects to them lazily, and the
+    // test handler reports progress to the scheduler.
+    let _example = start_python(
+        &python,
+        "example-handler",
+        &[
+            example_handler.to_str().expect("utf-8"),
+            "--port",
+            &example_port.to_string(),
+        ],
+        example_port,
+        logs.path(),
+    );
+    let _test = start_python(
+        &python,
+        "test-handler",
+        &[
+            test_handler.to_str().expect("utf-8"),
+            &test_port.to_string(),
+            &scheduler,
+        ],
+        test_port,
+        logs.path(),
+    );
 
     // The examples, as a user runs them.
     let output = run_python(
@@ -462,6 +471,14 @@ async fn python_producers_and_grpc_handlers() -> anyhow::Result<()> {
     assert_eq!(flaky["queue"], "default");
     assert_eq!(flaky["headers"]["tenant"], "acme");
     assert_eq!(flaky["args"]["x"], 1);
+    assert_eq!(
+        flaky["progress_recorded"], true,
+        "ReportProgress from Python"
+    );
+    assert_eq!(
+        (task.progress, task.progress_message.as_str()),
+        (0.5, "halfway")
+    );
     assert_eq!(task.errors.len(), 1, "{:?}", task.errors);
     assert_eq!(task.errors[0].message, "not yet");
     // `Retry(after=1)` replaced the backoff (1 s initial, jittered down to as little as 0).

@@ -300,3 +300,111 @@ async fn typed_wait_reports_a_dead_task() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn grpc_health_and_reflection_answer() -> anyhow::Result<()> {
+    let h = Harness::builder().executors(0).start().await?;
+    let channel = tonic::transport::Endpoint::from_shared(h.scheduler.endpoint.clone())?
+        .connect()
+        .await?;
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+    let status = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "tarefa.v1.Scheduler".to_owned(),
+        })
+        .await?
+        .into_inner();
+    assert_eq!(
+        status.status(),
+        tonic_health::pb::health_check_response::ServingStatus::Serving
+    );
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    let mut reflection = ServerReflectionClient::new(channel);
+    let request = tonic_reflection::pb::v1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = reflection
+        .server_reflection_info(futures::stream::iter(vec![request]))
+        .await?
+        .into_inner();
+    let response = responses.next().await.expect("a reflection answer")?;
+    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
+        panic!("unexpected reflection answer: {response:?}");
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    assert!(
+        names.contains(&"tarefa.v1.Scheduler".to_owned()),
+        "{names:?}"
+    );
+    assert!(
+        names.contains(&"grpc.health.v1.Health".to_owned()),
+        "{names:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn executor_metrics_move() -> anyhow::Result<()> {
+    let port = tarefa_tests::free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let h = Harness::builder()
+        .executor_args(&["--metrics-listen", &listen])
+        .start()
+        .await?;
+    h.client.submit(Fib { n: 10 }).await?.wait().await?;
+    let options = SubmitOptions {
+        max_attempts: Some(1),
+        ..SubmitOptions::default()
+    };
+    let fail = tarefa_client::builtin::Fail {
+        message: "no".to_owned(),
+        permanent: false,
+    };
+    let _ = h.client.submit_with(fail, &options).await?.wait().await;
+    let url = format!("http://{listen}/metrics");
+    let body = eventually(
+        "executor metrics to count both tasks",
+        Duration::from_secs(10),
+        || {
+            let url = url.clone();
+            async move {
+                let body = http_get(&url).await?;
+                (body.contains(
+                    "tarefa_executor_succeeded_total{queue=\"default\",task_type=\"fib\"} 1",
+                ) && body
+                    .contains("tarefa_executor_dead_total{queue=\"default\",task_type=\"fail\"} 1"))
+                .then_some(body)
+            }
+        },
+    )
+    .await;
+    assert!(
+        body.contains("tarefa_executor_run_seconds_bucket"),
+        "{body}"
+    );
+    assert!(body.contains("tarefa_executor_in_flight 0"), "{body}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn progress_shows_while_running() -> anyhow::Result<()> {
+    let h = Harness::builder().start().await?;
+    let handle = h.client.submit(Sleep { ms: 2000 }).await?;
+    let mut stream = h.client.watch(handle.id()).await?;
+    let mut seen_progress = None;
+    while let Some(task) = stream.next().await {
+        let task = task?;
+        if task.state() == TaskState::Running && task.progress > 0.0 && seen_progress.is_none() {
+            seen_progress = Some((task.progress, task.progress_message.clone()));
+        }
+    }
+    let (fraction, message) = seen_progress.expect("WatchTask showed progress while running");
+    assert!(fraction > 0.0 && fraction < 1.0, "{fraction}");
+    assert!(message.starts_with("slept "), "{message}");
+    let done = h.client.get(handle.id()).await?;
+    assert_eq!(done.state(), TaskState::Succeeded);
+    Ok(())
+}

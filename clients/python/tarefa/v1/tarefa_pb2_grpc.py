@@ -90,6 +90,16 @@ class SchedulerStub:
                 request_serializer=tarefa_dot_v1_dot_tarefa__pb2.PurgeDeadTasksRequest.SerializeToString,
                 response_deserializer=tarefa_dot_v1_dot_tarefa__pb2.PurgeDeadTasksResponse.FromString,
                 _registered_method=True)
+        self.RetryDeadTasks = channel.unary_unary(
+                '/tarefa.v1.Scheduler/RetryDeadTasks',
+                request_serializer=tarefa_dot_v1_dot_tarefa__pb2.RetryDeadTasksRequest.SerializeToString,
+                response_deserializer=tarefa_dot_v1_dot_tarefa__pb2.RetryDeadTasksResponse.FromString,
+                _registered_method=True)
+        self.ReportProgress = channel.unary_unary(
+                '/tarefa.v1.Scheduler/ReportProgress',
+                request_serializer=tarefa_dot_v1_dot_tarefa__pb2.ReportProgressRequest.SerializeToString,
+                response_deserializer=tarefa_dot_v1_dot_tarefa__pb2.ReportProgressResponse.FromString,
+                _registered_method=True)
 
 
 class SchedulerServicer:
@@ -176,6 +186,22 @@ class SchedulerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RetryDeadTasks(self, request, context):
+        """Requeues every DEAD task of a queue (each at most once per call), as RetryTask does.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReportProgress(self, request, context):
+        """Records a running attempt's progress, for handlers that run outside an executor (remote
+        gRPC/HTTP handlers); shown by GetTask, WatchTask, the CLI and the dashboard. Answers
+        FAILED_PRECONDITION when that attempt no longer holds the task.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SchedulerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -233,6 +259,16 @@ def add_SchedulerServicer_to_server(servicer, server):
                     servicer.PurgeDeadTasks,
                     request_deserializer=tarefa_dot_v1_dot_tarefa__pb2.PurgeDeadTasksRequest.FromString,
                     response_serializer=tarefa_dot_v1_dot_tarefa__pb2.PurgeDeadTasksResponse.SerializeToString,
+            ),
+            'RetryDeadTasks': grpc.unary_unary_rpc_method_handler(
+                    servicer.RetryDeadTasks,
+                    request_deserializer=tarefa_dot_v1_dot_tarefa__pb2.RetryDeadTasksRequest.FromString,
+                    response_serializer=tarefa_dot_v1_dot_tarefa__pb2.RetryDeadTasksResponse.SerializeToString,
+            ),
+            'ReportProgress': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportProgress,
+                    request_deserializer=tarefa_dot_v1_dot_tarefa__pb2.ReportProgressRequest.FromString,
+                    response_serializer=tarefa_dot_v1_dot_tarefa__pb2.ReportProgressResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -533,6 +569,60 @@ class Scheduler:
             '/tarefa.v1.Scheduler/PurgeDeadTasks',
             tarefa_dot_v1_dot_tarefa__pb2.PurgeDeadTasksRequest.SerializeToString,
             tarefa_dot_v1_dot_tarefa__pb2.PurgeDeadTasksResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RetryDeadTasks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tarefa.v1.Scheduler/RetryDeadTasks',
+            tarefa_dot_v1_dot_tarefa__pb2.RetryDeadTasksRequest.SerializeToString,
+            tarefa_dot_v1_dot_tarefa__pb2.RetryDeadTasksResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportProgress(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tarefa.v1.Scheduler/ReportProgress',
+            tarefa_dot_v1_dot_tarefa__pb2.ReportProgressRequest.SerializeToString,
+            tarefa_dot_v1_dot_tarefa__pb2.ReportProgressResponse.FromString,
             options,
             channel_credentials,
             insecure,
