@@ -56,7 +56,6 @@ async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
         "# HELP tarefa_redis_up 1 when the scheduler could read queue stats from Redis.\n\
          # TYPE tarefa_redis_up gauge\ntarefa_redis_up {redis_up}\n# EOF\n"
     ));
-    let _ = &state.config;
     (
         [(
             header::CONTENT_TYPE,

@@ -54,7 +54,9 @@ pub fn free_port() -> u16 {
         .expect("no free port")
 }
 
-/// The path of a binary built for these tests (next to the test executable's `deps/`).
+/// The path of a binary built for these tests (next to the test executable's `deps/`). The
+/// test package builds its own copies of the three binaries, named `*-test` so they do not
+/// collide with the real ones in `target/`; each calls the same `main_from_env` as the real one.
 pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
     let dir = exe
@@ -322,7 +324,7 @@ impl Harness {
         self.started_executors += 1;
         let n = self.started_executors;
         let id = format!("executor-{n}");
-        let mut command = Command::new(binary("tarefa-executor"));
+        let mut command = Command::new(binary("tarefa-executor-test"));
         command
             .args(["--redis-url", &self.redis.url(), "--executor-id", &id])
             .args(&self.executor_args)
@@ -396,7 +398,7 @@ fn start_scheduler(
     env: &[(String, String)],
 ) -> anyhow::Result<Scheduler> {
     let http_port = free_port();
-    let mut command = Command::new(binary("tarefa-scheduler"));
+    let mut command = Command::new(binary("tarefa-scheduler-test"));
     command
         .args(["--redis-url", &redis.url()])
         .args(["--listen", &format!("127.0.0.1:{port}")])

@@ -36,7 +36,7 @@ impl Run {
 /// Runs `tarefa --scheduler <scheduler> <args>` to the end (killed after a minute, times the
 /// patience factor, so a command that hangs fails the test instead of stalling it).
 async fn tarefa(scheduler: &str, args: &[&str]) -> Run {
-    let mut command = tokio::process::Command::new(binary("tarefa"));
+    let mut command = tokio::process::Command::new(binary("tarefa-test"));
     command
         .arg("--scheduler")
         .arg(scheduler)

@@ -681,7 +681,7 @@ async fn http_handlers_succeed_fail_and_retry_by_status() -> anyhow::Result<()> 
 
 #[tokio::test]
 async fn a_bad_handler_flag_stops_the_executor_at_start_up() {
-    let output = Command::new(tarefa_tests::binary("tarefa-executor"))
+    let output = Command::new(tarefa_tests::binary("tarefa-executor-test"))
         .args(["--handler", "resize=ftp://example.invalid/x"])
         .output()
         .expect("run tarefa-executor");
