@@ -13,7 +13,7 @@ local out = {}
 local succeeded, failed = 0, 0
 -- Successes, the common case, share batch-wide commands: one ZREM of their leases, one XACK
 -- and one XDEL of their entries, one ZADD into DONE and one trim of it (by the smallest TTL,
--- as per-task trims would); per task: one HMGET, one HSET, one HDEL, one PEXPIRE, the notify.
+-- as per-task trims would); per task: one HMGET, one HSET, one PEXPIRE, the notify.
 local ok_ids, ok_entries, ok_done = {}, {}, {}
 -- Runs `command key [prefix...] values...` in slices, so a large batch never exceeds Lua's
 -- unpack limit (about 8000 values).
@@ -44,8 +44,8 @@ for i = 3, #ARGV, 5 do
     ok_done[#ok_done + 1] = now
     ok_done[#ok_done + 1] = id
     if min_ttl == nil or ttl < min_ttl then min_ttl = ttl end
-    redis.call('HSET', key, 'dlv', 0, 'res', body, 'state', S_SUCCEEDED, 'ftime', now)
-    redis.call('HDEL', key, 'entry')
+    -- 'entry' is emptied in the same HSET rather than deleted: every reader treats '' as none.
+    redis.call('HSET', key, 'dlv', 0, 'res', body, 'state', S_SUCCEEDED, 'ftime', now, 'entry', '')
     redis.call('PEXPIRE', key, ttl)
     -- The errors list exists only once an attempt failed, and then 'err' is set.
     if r[8] then redis.call('PEXPIRE', errors_key(id), ttl) end
