@@ -1,7 +1,6 @@
 //! The commands that talk to a scheduler: submit, get, watch, queues, tasks, cancel, retry,
 //! pause, resume, purge-dead. Human output by default, `--json` for scripts.
 
-use std::collections::HashSet;
 use std::io::Write as _;
 use std::time::Duration;
 
@@ -460,49 +459,12 @@ async fn retry(client: &Client, json: bool, args: RetryArgs) -> Result<i32, Erro
         eprintln!("tarefa: give a task id or --all-dead");
         return Ok(EXIT_USAGE);
     }
-    let dead = dead_task_ids(client, &args.queue).await?;
-    let mut retried = 0;
-    for task_id in &dead {
-        match client.retry(task_id).await {
-            Ok(_) => retried += 1,
-            Err(error) => eprintln!("tarefa: cannot requeue {task_id}: {error}"),
-        }
-    }
+    // One RetryDeadTasks call: the scheduler requeues each dead task once.
+    let retried = client.retry_dead(&args.queue).await?;
     if json {
         println!("{}", serde_json::json!({"retried": retried}));
     } else {
         println!("requeued {retried} dead tasks from {}", args.queue);
     }
     Ok(0)
-}
-
-/// The ids of the dead tasks of `queue`, read page by page before any is requeued (the pages
-/// are offsets into a list that requeueing would shift). A task that dies meanwhile shifts the
-/// list too and can show up twice: each id is kept once.
-async fn dead_task_ids(client: &Client, queue: &str) -> Result<Vec<String>, Error> {
-    let mut seen = HashSet::new();
-    let mut ids = Vec::new();
-    let mut page_token = String::new();
-    loop {
-        let page = client
-            .list_tasks(pb::ListTasksRequest {
-                queue: queue.to_owned(),
-                state: pb::TaskState::Dead as i32,
-                page_size: 500,
-                page_token,
-                ..Default::default()
-            })
-            .await?;
-        // An empty page ends it too, whatever its token says: this loop must end.
-        let last_page = page.tasks.is_empty() || page.next_page_token.is_empty();
-        for task in page.tasks {
-            if seen.insert(task.task_id.clone()) {
-                ids.push(task.task_id);
-            }
-        }
-        if last_page {
-            return Ok(ids);
-        }
-        page_token = page.next_page_token;
-    }
 }

@@ -39,8 +39,7 @@ const ROW_ERROR_BYTES: usize = 300;
 const DEFAULT_PAGE_SIZE: u64 = 25;
 const MAX_PAGE_SIZE: u64 = 200;
 const MAX_TASK_TYPE_LEN: usize = 128;
-/// Dead tasks listed per round of "retry all dead", and the most requeued per request.
-const RETRY_DEAD_BATCH: u64 = 500;
+/// The most dead tasks one "retry all dead" requeues.
 const RETRY_DEAD_LIMIT: u64 = 100_000;
 /// How often the page polls the API (ms).
 const REFRESH_MS: u64 = 1500;
@@ -423,41 +422,14 @@ async fn queue_action(
             reply["purged"] = json!(purged);
         }
         _ => {
-            let retried = retry_all_dead(&state, &queue).await?;
+            // The same path as the RetryDeadTasks RPC: each dead task once, bounded.
+            let retried = state.broker.retry_dead(&queue, RETRY_DEAD_LIMIT).await?;
             tracing::info!(%queue, retried, "dashboard: dead tasks requeued");
             reply["retried"] = json!(retried);
         }
     }
     reply["queue"] = queue_json(state.broker.queue_stats(&queue).await?);
     Ok(axum::Json(reply))
-}
-
-/// Requeues the DEAD tasks the queue has now, each once: first the list, then the retries, so
-/// a task that fails again at once is not requeued again in the same request. A task that left
-/// DEAD meanwhile is skipped. At most [`RETRY_DEAD_LIMIT`], so one request stays bounded.
-async fn retry_all_dead(state: &HttpState, queue: &str) -> Result<u64, ApiError> {
-    let mut ids = Vec::new();
-    let mut offset = 0;
-    while (ids.len() as u64) < RETRY_DEAD_LIMIT {
-        let page = state
-            .broker
-            .list_tasks(queue, TaskState::Dead, None, offset, RETRY_DEAD_BATCH)
-            .await?;
-        ids.extend(page.tasks.into_iter().map(|record| record.id));
-        match page.next_offset {
-            Some(next) => offset = next,
-            None => break,
-        }
-    }
-    let mut retried = 0;
-    for id in ids.iter().take(RETRY_DEAD_LIMIT as usize) {
-        match state.broker.retry(id).await {
-            Ok(_) => retried += 1,
-            Err(tarefa_queue::Error::FailedPrecondition(_) | tarefa_queue::Error::NotFound(_)) => {}
-            Err(error) => return Err(error.into()),
-        }
-    }
-    Ok(retried)
 }
 
 // ---- tasks ----

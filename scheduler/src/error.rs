@@ -24,6 +24,21 @@ pub enum Error {
     Io(#[from] std::io::Error),
 }
 
+impl Error {
+    /// The gRPC status code this error is answered with (see the `From` impl below).
+    pub fn code(&self) -> tonic::Code {
+        use tarefa_queue::Error as Q;
+        match self {
+            Error::Queue(Q::InvalidArgument { .. }) => tonic::Code::InvalidArgument,
+            Error::Queue(Q::NotFound(_)) => tonic::Code::NotFound,
+            Error::Queue(Q::FailedPrecondition(_)) => tonic::Code::FailedPrecondition,
+            Error::Queue(Q::Unavailable(_)) => tonic::Code::Unavailable,
+            Error::ResourceExhausted { .. } => tonic::Code::ResourceExhausted,
+            _ => tonic::Code::Internal,
+        }
+    }
+}
+
 impl From<Error> for Status {
     fn from(error: Error) -> Self {
         use tarefa_queue::Error as Q;

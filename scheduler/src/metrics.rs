@@ -75,10 +75,9 @@ impl Metrics {
     }
 
     pub(crate) fn rejected(&self, error: &Error) {
-        let status = tonic::Status::from(clone_for_code(error));
         self.rejected
             .get_or_create(&CodeLabels {
-                code: format!("{:?}", status.code()),
+                code: format!("{:?}", error.code()),
             })
             .inc();
     }
@@ -88,23 +87,6 @@ impl Metrics {
         let mut text = String::new();
         let _ = prometheus_client::encoding::text::encode_registry(&mut text, &self.registry);
         text
-    }
-}
-
-/// Only the code matters for the rejected counter.
-fn clone_for_code(error: &Error) -> Error {
-    match error {
-        Error::ResourceExhausted { field, reason } => Error::ResourceExhausted {
-            field: field.clone(),
-            reason: reason.clone(),
-        },
-        Error::Queue(tarefa_queue::Error::InvalidArgument { field, reason }) => {
-            Error::Queue(tarefa_queue::Error::InvalidArgument {
-                field: field.clone(),
-                reason: reason.clone(),
-            })
-        }
-        _ => Error::Queue(tarefa_queue::Error::Unavailable(String::new())),
     }
 }
 
