@@ -383,7 +383,7 @@ async fn submit(client: &Client, json: bool, args: SubmitArgs) -> Result<i32, Er
     }
     let (mut succeeded, mut failed) = (0usize, 0usize);
     let mut waits =
-        futures::stream::iter(ids.iter().map(|id| client.wait(id))).buffer_unordered(64);
+        futures::stream::iter(ids.iter().map(|id| client.wait(id))).buffer_unordered(256);
     while let Some(result) = waits.next().await {
         match result {
             Ok(_) => succeeded += 1,

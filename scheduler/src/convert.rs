@@ -290,7 +290,12 @@ pub(crate) fn task_to_proto(record: TaskRecord) -> pb::Task {
         finished_at_ms: record.finished_at_ms,
         trace_id,
         headers: record.headers.into_iter().collect(),
-        progress: record.progress,
+        // A finished task is done, whatever its handler last reported.
+        progress: if record.state == TaskState::Succeeded {
+            1.0
+        } else {
+            record.progress
+        },
         progress_message: record.progress_message,
         idempotency_key: record.idempotency_key,
         executor_id: record.executor_id,

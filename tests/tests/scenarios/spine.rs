@@ -405,6 +405,6 @@ async fn progress_shows_while_running() -> anyhow::Result<()> {
     assert!(fraction > 0.0 && fraction < 1.0, "{fraction}");
     assert!(message.starts_with("slept "), "{message}");
     let done = h.client.get(handle.id()).await?;
-    assert_eq!(done.state(), TaskState::Succeeded);
+    assert_eq!((done.state(), done.progress), (TaskState::Succeeded, 1.0));
     Ok(())
 }
