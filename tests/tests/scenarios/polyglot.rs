@@ -473,8 +473,9 @@ async fn python_producers_and_grpc_handlers() -> anyhow::Result<()> {
     assert_eq!(flaky["args"]["x"], 1);
     assert_eq!(
         flaky["progress_recorded"], true,
-        "ReportProgress from Python" // The message Python reported stays; a finished task's progress reads as complete.
+        "ReportProgress from Python"
     );
+    // The message Python reported stays; a finished task's progress reads as complete.
     assert_eq!(
         (task.progress, task.progress_message.as_str()),
         (1.0, "halfway")
