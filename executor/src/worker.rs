@@ -134,8 +134,20 @@ pub(crate) async fn run(
     }
     let grace = Duration::from_secs(shared.config.shutdown_grace_secs);
     let all = shared.config.concurrency.max(1) as u32;
-    match tokio::time::timeout(grace, shared.permits.acquire_many(all)).await {
-        Ok(_) => tracing::info!("executor drained: every in-flight task finished"),
+    let drained = async {
+        let _all = shared.permits.acquire_many(all).await;
+        // Handlers are done; wait for their outcomes to be written too.
+        while shared
+            .running
+            .lock()
+            .map(|r| !r.is_empty())
+            .unwrap_or(false)
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    match tokio::time::timeout(grace, drained).await {
+        Ok(()) => tracing::info!("executor drained: every in-flight task finished"),
         Err(_) => {
             let left = shared.running.lock().map(|r| r.len()).unwrap_or(0);
             tracing::warn!(
@@ -348,9 +360,13 @@ async fn run_task(shared: Arc<Shared>, task: ClaimedTask, permit: OwnedSemaphore
         .queue_wait_seconds
         .get_or_create(&labels)
         .observe(task.queue_wait.as_secs_f64());
+    let mut permit = Some(permit);
     async {
         let started = Instant::now();
         let outcome = execute(&shared, &task, token, &reason).await;
+        // The handler is done: its slot goes to the next task now, not after the outcome's
+        // round trip to Redis (the outcome channel is bounded, so waiting outcomes are too).
+        permit.take();
         shared
             .metrics
             .run_seconds
@@ -413,7 +429,6 @@ async fn run_task(shared: Arc<Shared>, task: ClaimedTask, permit: OwnedSemaphore
         running.remove(&task.id);
     }
     shared.metrics.in_flight.dec();
-    drop(permit);
 }
 
 /// Runs the handler under the task's timeout and cancellation. `None` when the lease was lost
