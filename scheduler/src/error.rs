@@ -24,6 +24,31 @@ pub enum Error {
     Io(#[from] std::io::Error),
 }
 
+/// When the last "redis unavailable" warning was logged (ms since the Unix epoch).
+static LAST_UNAVAILABLE_WARNING_MS: std::sync::atomic::AtomicU64 =
+    std::sync::atomic::AtomicU64::new(0);
+/// At most one "redis unavailable" warning per this many ms: an outage under load fails every
+/// RPC, and one line per RPC would flood the log.
+const UNAVAILABLE_WARNING_EVERY_MS: u64 = 10_000;
+
+fn warn_unavailable(message: &str) {
+    use std::sync::atomic::Ordering;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    let last = LAST_UNAVAILABLE_WARNING_MS.load(Ordering::Relaxed);
+    if now.saturating_sub(last) >= UNAVAILABLE_WARNING_EVERY_MS
+        && LAST_UNAVAILABLE_WARNING_MS
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    {
+        tracing::warn!(%message, "redis unavailable: answering UNAVAILABLE (logged at most every 10 s)");
+    } else {
+        tracing::debug!(%message, "redis unavailable");
+    }
+}
+
 impl Error {
     /// The gRPC status code this error is answered with (see the `From` impl below).
     pub fn code(&self) -> tonic::Code {
@@ -49,7 +74,7 @@ impl From<Error> for Status {
             Error::Queue(Q::NotFound(id)) => Status::not_found(format!("task {id} not found")),
             Error::Queue(Q::FailedPrecondition(message)) => Status::failed_precondition(message),
             Error::Queue(Q::Unavailable(message)) => {
-                tracing::warn!(%message, "redis unavailable");
+                warn_unavailable(&message);
                 Status::unavailable("task store (redis) unavailable; retry")
             }
             Error::ResourceExhausted { field, reason } => {

@@ -287,6 +287,22 @@ async fn redis_outage_gives_unavailable_then_recovers() -> anyhow::Result<()> {
         }
     }
     assert!(unavailable > 0, "the outage was visible to clients");
+    // One outage, one warning each: no flood of log lines.
+    let executor_warnings = h.executors[0]
+        .log()
+        .matches("redis unavailable; backing off")
+        .count();
+    assert_eq!(executor_warnings, 1, "the executor logs an outage once");
+    let scheduler_warnings = h
+        .scheduler
+        .process
+        .log()
+        .matches("answering UNAVAILABLE")
+        .count();
+    assert!(
+        (1..=2).contains(&scheduler_warnings),
+        "the scheduler logs an outage at most every 10 s, not per RPC: {scheduler_warnings}"
+    );
     let ids = accepted.lock().expect("lock").clone();
     for id in &ids {
         let task = h.wait_final(id, Duration::from_secs(30)).await;
