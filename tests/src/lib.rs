@@ -493,3 +493,25 @@ impl Process {
 pub fn wait_for_listener(port: u16, within: Duration) -> anyhow::Result<()> {
     wait_for_port(port, within)
 }
+
+/// Runs `command` to completion (killed if it outlives `within`, times the patience factor)
+/// and returns its stdout; panics with its output, naming it `what`, if it fails.
+pub async fn run_to_completion(
+    mut command: tokio::process::Command,
+    what: &str,
+    within: Duration,
+) -> String {
+    command.stdin(Stdio::null()).kill_on_drop(true);
+    let output = tokio::time::timeout(patience(within), command.output())
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not finish within {within:?}"))
+        .unwrap_or_else(|e| panic!("cannot run {what}: {e}"));
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "{what} failed ({}):\n{stdout}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}

@@ -16,7 +16,7 @@ use nix::fcntl::{Flock, FlockArg};
 use serde_json::{Value, json};
 use tarefa_client::SubmitOptions;
 use tarefa_proto::TaskState;
-use tarefa_tests::{Harness, Process, free_port, patience, wait_for_listener};
+use tarefa_tests::{Harness, Process, free_port, wait_for_listener};
 
 /// The installed `node_modules`, or why it could not be made; made once per test binary.
 static NODE_MODULES: OnceLock<Result<PathBuf, String>> = OnceLock::new();
@@ -130,22 +130,8 @@ fn node_command(modules: &Path, script: &str) -> Command {
 /// stdout; panics with its output if it fails.
 async fn run_node(modules: &Path, script: &str, args: &[&str], within: Duration) -> String {
     let mut command = tokio::process::Command::from(node_command(modules, script));
-    command
-        .args(args)
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true);
-    let output = tokio::time::timeout(patience(within), command.output())
-        .await
-        .unwrap_or_else(|_| panic!("node {script} {args:?} did not finish within {within:?}"))
-        .expect("run node");
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(
-        output.status.success(),
-        "node {script} {args:?} failed ({}):\n{stdout}\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
-    stdout
+    command.args(args);
+    tarefa_tests::run_to_completion(command, &format!("node {script} {args:?}"), within).await
 }
 
 /// A W3C `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`, ids not all zeros)'s trace id.

@@ -13,7 +13,7 @@ use nix::fcntl::{Flock, FlockArg};
 use serde_json::Value;
 use tarefa_client::SubmitOptions;
 use tarefa_proto::{self as pb, TaskState};
-use tarefa_tests::{Harness, Process, free_port, patience, wait_for_listener};
+use tarefa_tests::{Harness, Process, free_port, wait_for_listener};
 
 /// The venv's Python, or why it could not be made; made once per test binary.
 static VENV: OnceLock<Result<PathBuf, String>> = OnceLock::new();
@@ -163,23 +163,8 @@ fn make_venv() -> Result<PathBuf, String> {
 /// panics with its output if it fails.
 async fn run_python(python: &Path, args: &[&str], within: Duration) -> String {
     let mut command = tokio::process::Command::new(python);
-    command
-        .args(args)
-        .env("PYTHONUNBUFFERED", "1")
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true);
-    let output = tokio::time::timeout(patience(within), command.output())
-        .await
-        .unwrap_or_else(|_| panic!("python {args:?} did not finish within {within:?}"))
-        .expect("run python");
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(
-        output.status.success(),
-        "python {args:?} failed ({}):\n{stdout}\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
-    stdout
+    command.args(args).env("PYTHONUNBUFFERED", "1");
+    tarefa_tests::run_to_completion(command, &format!("python {args:?}"), within).await
 }
 
 /// Starts a long-running Python script that listens on `port`.
