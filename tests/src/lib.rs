@@ -515,3 +515,56 @@ pub async fn run_to_completion(
     );
     stdout
 }
+
+/// The repository's root (the parent of `tests/`).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_owned()
+}
+
+/// `target/` (or `target/<triple>/`): the test executable is in `<it>/debug/deps/`. Scenarios
+/// keep what they install (a venv, node modules) there, never in the checkout.
+pub fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    exe.ancestors()
+        .nth(3)
+        .expect("test executable is in <target>/<profile>/deps")
+        .to_owned()
+}
+
+/// Runs `command` to completion synchronously (for set-up steps such as `pip install`), and
+/// returns its stdout, or an error with its output naming it `what`.
+pub fn run_command(command: &mut Command, what: &str) -> Result<String, String> {
+    let output = command
+        .output()
+        .map_err(|e| format!("cannot run {what}: {e}"))?;
+    if output.status.success() {
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    } else {
+        Err(format!(
+            "{what} failed ({}):\n{}\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        ))
+    }
+}
+
+/// The trace id of a W3C `traceparent`, asserting that it is well formed: version `00`,
+/// lowercase hex ids of the right lengths, neither id all zeros.
+pub fn trace_id_of(traceparent: &str) -> &str {
+    let hex = |s: &str, len: usize| {
+        s.len() == len && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    };
+    let parts: Vec<&str> = traceparent.split('-').collect();
+    let well_formed = matches!(
+        parts[..],
+        ["00", trace, span, flags]
+            if hex(trace, 32) && hex(span, 16) && hex(flags, 2)
+                && trace.bytes().any(|b| b != b'0') && span.bytes().any(|b| b != b'0')
+    );
+    assert!(well_formed, "malformed traceparent {traceparent:?}");
+    parts[1]
+}

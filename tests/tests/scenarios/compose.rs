@@ -2,13 +2,9 @@
 //! services the README promises, wires them to each other by existing service names and ports,
 //! and uses only environment variables the binaries really read.
 
-use std::path::Path;
+use tarefa_tests::workspace_root;
 
 use yaml_rust2::{Yaml, YamlLoader};
-
-fn root() -> &'static Path {
-    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
-}
 
 fn strings(node: &Yaml) -> Vec<String> {
     node.as_vec()
@@ -27,8 +23,8 @@ fn env<'a>(service: &'a Yaml, name: &str) -> Option<&'a str> {
 
 #[test]
 fn compose_file_is_valid_and_wired() {
-    let text =
-        std::fs::read_to_string(root().join("docker-compose.yml")).expect("docker-compose.yml");
+    let text = std::fs::read_to_string(workspace_root().join("docker-compose.yml"))
+        .expect("docker-compose.yml");
     let docs = YamlLoader::load_from_str(&text).expect("docker-compose.yml parses as YAML");
     let compose = &docs[0];
     let services = compose["services"].as_hash().expect("a services map");
@@ -124,8 +120,9 @@ fn compose_file_is_valid_and_wired() {
     }
 
     // What the services build from exists, and the image holds the binaries they run.
-    assert!(root().join("Dockerfile").exists());
-    let dockerfile = std::fs::read_to_string(root().join("Dockerfile")).expect("Dockerfile");
+    assert!(workspace_root().join("Dockerfile").exists());
+    let dockerfile =
+        std::fs::read_to_string(workspace_root().join("Dockerfile")).expect("Dockerfile");
     for name in ["scheduler", "executor"] {
         let command = strings(&service(name)["command"]);
         let binary = command.first().expect("a command");
@@ -138,5 +135,8 @@ fn compose_file_is_valid_and_wired() {
     let dockerfile = python["dockerfile"]
         .as_str()
         .expect("python-handler's dockerfile");
-    assert!(root().join(dockerfile).exists(), "{dockerfile} exists");
+    assert!(
+        workspace_root().join(dockerfile).exists(),
+        "{dockerfile} exists"
+    );
 }

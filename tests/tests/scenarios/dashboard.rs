@@ -596,7 +596,7 @@ async fn drive_browser(scene: &Scene) -> anyhow::Result<()> {
     // The README's screenshot is refreshed only on request, so a test run leaves the checkout
     // clean: TAREFA_UPDATE_SCREENSHOT=1 cargo test -p tarefa-tests dashboard
     let screenshot = if std::env::var_os("TAREFA_UPDATE_SCREENSHOT").is_some() {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/dashboard.png")
+        tarefa_tests::workspace_root().join("docs/dashboard.png")
     } else {
         std::env::temp_dir().join(format!("tarefa-dashboard-{}.png", std::process::id()))
     };

@@ -16,7 +16,10 @@ use nix::fcntl::{Flock, FlockArg};
 use serde_json::{Value, json};
 use tarefa_client::SubmitOptions;
 use tarefa_proto::TaskState;
-use tarefa_tests::{Harness, Process, free_port, wait_for_listener};
+use tarefa_tests::{
+    Harness, Process, free_port, run_command, target_dir, trace_id_of, wait_for_listener,
+    workspace_root,
+};
 
 /// The installed `node_modules`, or why it could not be made; made once per test binary.
 static NODE_MODULES: OnceLock<Result<PathBuf, String>> = OnceLock::new();
@@ -28,36 +31,7 @@ const INSTALL_NODE: &str = "the Node.js tests need node and npm: install them \
 const MANIFEST: [&str; 2] = ["package.json", "package-lock.json"];
 
 fn example_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ has a parent")
-        .join("examples")
-        .join("node")
-}
-
-/// `target/` (or `target/<triple>/`): the test executable is in `<it>/debug/deps/`.
-fn target_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("current_exe");
-    exe.ancestors()
-        .nth(3)
-        .expect("test executable is in <target>/<profile>/deps")
-        .to_owned()
-}
-
-fn run(command: &mut Command, what: &str) -> Result<String, String> {
-    let output = command
-        .output()
-        .map_err(|e| format!("cannot run {what}: {e}"))?;
-    if output.status.success() {
-        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
-    } else {
-        Err(format!(
-            "{what} failed ({}):\n{}\n{}",
-            output.status,
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        ))
-    }
+    workspace_root().join("examples").join("node")
 }
 
 /// `node_modules` with the example's locked dependencies, installed on first use and reused
@@ -70,9 +44,9 @@ async fn node_modules() -> PathBuf {
 }
 
 fn install() -> Result<PathBuf, String> {
-    let node = run(Command::new("node").arg("--version"), "node")
+    let node = run_command(Command::new("node").arg("--version"), "node")
         .map_err(|e| format!("{INSTALL_NODE}\n({e})"))?;
-    run(Command::new("npm").arg("--version"), "npm")
+    run_command(Command::new("npm").arg("--version"), "npm")
         .map_err(|e| format!("{INSTALL_NODE}\n({e})"))?;
     let target = target_dir();
     std::fs::create_dir_all(&target).map_err(|e| e.to_string())?;
@@ -106,7 +80,7 @@ fn install() -> Result<PathBuf, String> {
     for (name, text) in manifest {
         std::fs::write(dir.join(name), text).map_err(|e| e.to_string())?;
     }
-    run(
+    run_command(
         Command::new("npm")
             .args(["ci", "--no-audit", "--no-fund"])
             .current_dir(&dir)
@@ -132,22 +106,6 @@ async fn run_node(modules: &Path, script: &str, args: &[&str], within: Duration)
     let mut command = tokio::process::Command::from(node_command(modules, script));
     command.args(args);
     tarefa_tests::run_to_completion(command, &format!("node {script} {args:?}"), within).await
-}
-
-/// A W3C `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`, ids not all zeros)'s trace id.
-fn trace_id_of(traceparent: &str) -> &str {
-    let hex = |s: &str, len: usize| {
-        s.len() == len && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-    };
-    let parts: Vec<&str> = traceparent.split('-').collect();
-    let well_formed = matches!(
-        parts[..],
-        ["00", trace, span, flags]
-            if hex(trace, 32) && hex(span, 16) && hex(flags, 2)
-                && trace.bytes().any(|b| b != b'0') && span.bytes().any(|b| b != b'0')
-    );
-    assert!(well_formed, "malformed traceparent {traceparent:?}");
-    parts[1]
 }
 
 #[tokio::test]

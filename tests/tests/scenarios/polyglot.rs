@@ -13,7 +13,10 @@ use nix::fcntl::{Flock, FlockArg};
 use serde_json::Value;
 use tarefa_client::SubmitOptions;
 use tarefa_proto::{self as pb, TaskState};
-use tarefa_tests::{Harness, Process, free_port, wait_for_listener};
+use tarefa_tests::{
+    Harness, Process, free_port, run_command, target_dir, trace_id_of, wait_for_listener,
+    workspace_root,
+};
 
 /// The venv's Python, or why it could not be made; made once per test binary.
 static VENV: OnceLock<Result<PathBuf, String>> = OnceLock::new();
@@ -21,22 +24,6 @@ static VENV: OnceLock<Result<PathBuf, String>> = OnceLock::new();
 const INSTALL_PYTHON: &str = "the polyglot tests need python3 with venv and pip: install them \
      (Debian/Ubuntu: apt-get install python3 python3-venv python3-pip; macOS: brew install python), \
      or point TAREFA_TEST_PYTHON at a python3";
-
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ has a parent")
-        .to_owned()
-}
-
-/// `target/` (or `target/<triple>/`): the test executable is in `<it>/debug/deps/`.
-fn target_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("current_exe");
-    exe.ancestors()
-        .nth(3)
-        .expect("test executable is in <target>/<profile>/deps")
-        .to_owned()
-}
 
 /// The Python of a venv with `pip install ./clients/python[dev]` done, made on first use and
 /// reused while `clients/python` is unchanged.
@@ -86,22 +73,6 @@ fn copy_package(from: &Path, to: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-fn run(command: &mut Command, what: &str) -> Result<String, String> {
-    let output = command
-        .output()
-        .map_err(|e| format!("cannot run {what}: {e}"))?;
-    if output.status.success() {
-        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
-    } else {
-        Err(format!(
-            "{what} failed ({}):\n{}\n{}",
-            output.status,
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        ))
-    }
-}
-
 fn make_venv() -> Result<PathBuf, String> {
     let target = target_dir();
     std::fs::create_dir_all(&target).map_err(|e| e.to_string())?;
@@ -117,7 +88,7 @@ fn make_venv() -> Result<PathBuf, String> {
     let stamp = format!("{:016x}\n", hasher.finish());
     let stamp_file = venv.join(".tarefa-stamp");
     let usable = python.exists()
-        && run(
+        && run_command(
             Command::new(&python).args(["-c", "import grpc, grpc_tools, google.protobuf"]),
             "the venv's python",
         )
@@ -127,10 +98,10 @@ fn make_venv() -> Result<PathBuf, String> {
     }
     if !usable {
         let base = std::env::var("TAREFA_TEST_PYTHON").unwrap_or_else(|_| "python3".to_owned());
-        run(Command::new(&base).arg("--version"), &base)
+        run_command(Command::new(&base).arg("--version"), &base)
             .map_err(|e| format!("{INSTALL_PYTHON}\n({e})"))?;
         let _ = std::fs::remove_dir_all(&venv);
-        run(
+        run_command(
             Command::new(&base).arg("-m").arg("venv").arg(&venv),
             "python3 -m venv",
         )
@@ -149,9 +120,9 @@ fn make_venv() -> Result<PathBuf, String> {
         command
     };
     let with_dev = format!("{}[dev]", source.display());
-    run(&mut pip(&[&with_dev]), "pip install ./clients/python[dev]")?;
+    run_command(&mut pip(&[&with_dev]), "pip install ./clients/python[dev]")?;
     let plain = source.display().to_string();
-    run(
+    run_command(
         &mut pip(&["--force-reinstall", "--no-deps", &plain]),
         "pip install ./clients/python",
     )?;
@@ -177,16 +148,6 @@ fn start_python(python: &Path, name: &str, args: &[&str], port: u16, logs: &Path
         panic!("{name} did not listen: {error}\n{}", process.log());
     }
     process
-}
-
-/// A `traceparent`'s trace id.
-fn trace_id_of(traceparent: &str) -> &str {
-    let parts: Vec<&str> = traceparent.split('-').collect();
-    assert_eq!(parts.len(), 4, "malformed traceparent {traceparent:?}");
-    assert_eq!(parts[0], "00", "traceparent version in {traceparent:?}");
-    assert_eq!(parts[1].len(), 32, "trace id in {traceparent:?}");
-    assert_eq!(parts[2].len(), 16, "span id in {traceparent:?}");
-    traceparent.split('-').nth(1).unwrap_or_default()
 }
 
 /// The milliseconds between an attempt's failure and the start of the next one.

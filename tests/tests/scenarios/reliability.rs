@@ -100,6 +100,78 @@ async fn killed_executor_tasks_are_redelivered() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Producers submitting one task after another until stopped, recording the ids accepted and
+/// every failure (its status code and how long the call took); after a failure a producer
+/// waits 50 ms before the next submit.
+/// A failed submit: its status code and how long the call took.
+type Failure = (Option<Code>, Duration);
+
+struct SubmitLoad {
+    accepted: Arc<std::sync::Mutex<Vec<String>>>,
+    stop: Arc<AtomicBool>,
+    producers: Vec<tokio::task::JoinHandle<Vec<Failure>>>,
+}
+
+impl SubmitLoad {
+    fn start<T: tarefa_client::TaskType + Clone + Sync>(
+        client: &tarefa_client::Client,
+        producers: usize,
+        task: T,
+    ) -> Self {
+        let accepted = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let producers = (0..producers)
+            .map(|_| {
+                let (client, accepted, stop, task) =
+                    (client.clone(), accepted.clone(), stop.clone(), task.clone());
+                tokio::spawn(async move {
+                    let mut failures = Vec::new();
+                    while !stop.load(Ordering::Relaxed) {
+                        let started = Instant::now();
+                        match client.submit(task.clone()).await {
+                            Ok(handle) => {
+                                accepted.lock().expect("lock").push(handle.id().to_owned())
+                            }
+                            Err(error) => {
+                                failures.push((error.code(), started.elapsed()));
+                                tokio::time::sleep(Duration::from_millis(50)).await;
+                            }
+                        }
+                    }
+                    failures
+                })
+            })
+            .collect();
+        Self {
+            accepted,
+            stop,
+            producers,
+        }
+    }
+
+    fn accepted_count(&self) -> usize {
+        self.accepted.lock().expect("lock").len()
+    }
+
+    async fn wait_accepted(&self, what: &str, at_least: usize, within: Duration) {
+        eventually(what, within, || async {
+            (self.accepted_count() >= at_least).then_some(())
+        })
+        .await;
+    }
+
+    /// Stops the producers; returns the ids accepted and every failure.
+    async fn stop(self) -> anyhow::Result<(Vec<String>, Vec<Failure>)> {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut failures = Vec::new();
+        for producer in self.producers {
+            failures.extend(producer.await?);
+        }
+        let accepted = self.accepted.lock().expect("lock").clone();
+        Ok((accepted, failures))
+    }
+}
+
 /// 2. Redis SIGKILLed during a submit load, with AOF `appendfsync always`, then restarted:
 /// every task whose submit returned OK reaches a final state.
 #[tokio::test]
@@ -110,52 +182,27 @@ async fn redis_killed_under_load_loses_no_acknowledged_task() -> anyhow::Result<
         .executor_args(&["--lease-ms", "5000"])
         .start()
         .await?;
-    let accepted = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut producers = Vec::new();
-    for _ in 0..8 {
-        let client = h.client.clone();
-        let accepted = accepted.clone();
-        let stop = stop.clone();
-        producers.push(tokio::spawn(async move {
-            let mut codes = Vec::new();
-            while !stop.load(Ordering::Relaxed) {
-                match client.submit(Echo(serde_json::json!({"k": 1}))).await {
-                    Ok(handle) => accepted.lock().expect("lock").push(handle.id().to_owned()),
-                    Err(error) => {
-                        codes.push(error.code());
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                }
-            }
-            codes
-        }));
-    }
-    eventually("some submits accepted", Duration::from_secs(10), || async {
-        (accepted.lock().expect("lock").len() >= 200).then_some(())
-    })
-    .await;
+    let load = SubmitLoad::start(&h.client, 8, Echo(serde_json::json!({"k": 1})));
+    load.wait_accepted("some submits accepted", 200, Duration::from_secs(10))
+        .await;
     h.redis.kill();
     tokio::time::sleep(Duration::from_millis(500)).await;
     h.redis.restart()?;
-    let before = accepted.lock().expect("lock").len();
-    eventually(
+    let before = load.accepted_count();
+    load.wait_accepted(
         "submits accepted again after the restart",
+        before + 51,
         Duration::from_secs(20),
-        || async { (accepted.lock().expect("lock").len() > before + 50).then_some(()) },
     )
     .await;
-    stop.store(true, Ordering::Relaxed);
-    for producer in producers {
-        for code in producer.await? {
-            assert_eq!(
-                code,
-                Some(Code::Unavailable),
-                "only UNAVAILABLE while redis was down"
-            );
-        }
+    let (ids, failures) = load.stop().await?;
+    for (code, _) in failures {
+        assert_eq!(
+            code,
+            Some(Code::Unavailable),
+            "only UNAVAILABLE while redis was down"
+        );
     }
-    let ids = accepted.lock().expect("lock").clone();
     for id in &ids {
         let task = h.wait_final(id, Duration::from_secs(30)).await;
         assert_eq!(task.state(), TaskState::Succeeded, "{id}");
@@ -237,56 +284,29 @@ async fn redis_outage_gives_unavailable_then_recovers() -> anyhow::Result<()> {
         .executor_args(&["--lease-ms", "10000"])
         .start()
         .await?;
-    let accepted = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut producers = Vec::new();
-    for _ in 0..4 {
-        let client = h.client.clone();
-        let accepted = accepted.clone();
-        let stop = stop.clone();
-        producers.push(tokio::spawn(async move {
-            let mut failures = Vec::new();
-            while !stop.load(Ordering::Relaxed) {
-                let started = Instant::now();
-                match client.submit(Sleep { ms: 5 }).await {
-                    Ok(handle) => accepted.lock().expect("lock").push(handle.id().to_owned()),
-                    Err(error) => {
-                        failures.push((error.code(), started.elapsed()));
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                }
-            }
-            failures
-        }));
-    }
-    eventually("submits flowing", Duration::from_secs(10), || async {
-        (accepted.lock().expect("lock").len() >= 50).then_some(())
-    })
-    .await;
+    let load = SubmitLoad::start(&h.client, 4, Sleep { ms: 5 });
+    load.wait_accepted("submits flowing", 50, Duration::from_secs(10))
+        .await;
     let redis_pid = redis_pid(&h);
     nix::sys::signal::kill(redis_pid, Signal::SIGSTOP)?;
     tokio::time::sleep(Duration::from_secs(5)).await;
     nix::sys::signal::kill(redis_pid, Signal::SIGCONT)?;
-    let before = accepted.lock().expect("lock").len();
-    eventually(
+    let before = load.accepted_count();
+    load.wait_accepted(
         "submits accepted after the outage",
+        before + 21,
         Duration::from_secs(20),
-        || async { (accepted.lock().expect("lock").len() > before + 20).then_some(()) },
     )
     .await;
-    stop.store(true, Ordering::Relaxed);
-    let mut unavailable = 0;
-    for producer in producers {
-        for (code, took) in producer.await? {
-            assert_eq!(code, Some(Code::Unavailable), "an outage is UNAVAILABLE");
-            assert!(
-                took < Duration::from_millis(4000),
-                "a failed submit took {took:?}"
-            );
-            unavailable += 1;
-        }
+    let (ids, failures) = load.stop().await?;
+    for (code, took) in &failures {
+        assert_eq!(*code, Some(Code::Unavailable), "an outage is UNAVAILABLE");
+        assert!(
+            *took < Duration::from_millis(4000),
+            "a failed submit took {took:?}"
+        );
     }
-    assert!(unavailable > 0, "the outage was visible to clients");
+    assert!(!failures.is_empty(), "the outage was visible to clients");
     // One outage, one warning each: no flood of log lines.
     let executor_warnings = h.executors[0]
         .log()
@@ -303,7 +323,6 @@ async fn redis_outage_gives_unavailable_then_recovers() -> anyhow::Result<()> {
         (1..=2).contains(&scheduler_warnings),
         "the scheduler logs an outage at most every 10 s, not per RPC: {scheduler_warnings}"
     );
-    let ids = accepted.lock().expect("lock").clone();
     for id in &ids {
         let task = h.wait_final(id, Duration::from_secs(30)).await;
         assert_eq!(task.state(), TaskState::Succeeded, "{id}");
