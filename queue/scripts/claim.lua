@@ -16,10 +16,10 @@ local out = {}
 -- Leases of the whole batch, written by one ZADD at the end.
 local leases = {}
 
-local function running_row(id, key, attempt, now)
-  local t = redis.call('HMGET', key, 'type', 'payload', 'ct', 'tmo', 'max', 'bo', 'hdr', 'tp', 'rtime', 'dlv')
-  return {id, attempt, t[1] or '', t[2] or '', t[3] or '', t[4] or '0', t[5] or '1',
-    t[6] or '', t[7] or '', t[8] or '', math.max(0, now - (tonumber(t[9]) or now)), tonumber(t[10]) or 1}
+-- The row returned for a claimed task, from the fields of the HMGET below.
+local function claimed_row(id, attempt, r, deliveries)
+  return {id, attempt, r[7] or '', r[8] or '', r[9] or '', r[10] or '0', r[5] or '1',
+    r[11] or '', r[12] or '', r[13] or '', math.max(0, now - (tonumber(r[14]) or now)), deliveries}
 end
 
 for i = 5, #ARGV, 2 do
@@ -31,7 +31,7 @@ for i = 5, #ARGV, 2 do
     -- This executor's own claim, retried because the first answer was lost (a timeout while
     -- Redis was slow): hand the same attempt back instead of leaving it leased to nobody.
     redis.call('ZADD', LEASES, now + lease, id)
-    out[#out + 1] = running_row(id, key, tonumber(r[4]), now)
+    out[#out + 1] = claimed_row(id, tonumber(r[4]), r, tonumber(r[3]) or 1)
   elseif r[1] ~= S_QUEUED or r[2] ~= entry then
     -- Gone (expired, purged), cancelled, or a stale duplicate entry: drop it. Never drop the
     -- entry the record points at.
@@ -58,8 +58,7 @@ for i = 5, #ARGV, 2 do
       leases[#leases + 1] = now + lease
       leases[#leases + 1] = id
       notify(id, S_RUNNING)
-      out[#out + 1] = {id, attempt, r[7] or '', r[8] or '', r[9] or '', r[10] or '0', r[5] or '1',
-        r[11] or '', r[12] or '', r[13] or '', math.max(0, now - (tonumber(r[14]) or now)), deliveries}
+      out[#out + 1] = claimed_row(id, attempt, r, deliveries)
     end
   end
 end
