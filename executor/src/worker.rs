@@ -277,7 +277,6 @@ async fn claim_with_retry(
             .claim(
                 queue,
                 &shared.executor_id,
-                shared.config.lease(),
                 shared.config.max_deliveries,
                 entries,
             )
@@ -581,13 +580,7 @@ async fn heartbeat(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
                 .unwrap_or_default();
             let reply = shared
                 .broker
-                .renew(
-                    queue,
-                    &shared.executor_id,
-                    &shared.host,
-                    shared.config.lease(),
-                    &in_flight,
-                )
+                .renew(queue, &shared.executor_id, &shared.host, &in_flight)
                 .await;
             match reply {
                 Ok(reply) => {
@@ -667,13 +660,29 @@ async fn maintain(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
             for queue in &shared.config.queues {
                 match shared
                     .broker
-                    .reclaim(queue, shared.config.max_deliveries, 1000)
+                    .reclaim(
+                        queue,
+                        shared.config.lease(),
+                        shared.config.max_deliveries,
+                        1000,
+                    )
                     .await
                 {
-                    Ok(0) => {}
-                    Ok(n) => {
-                        shared.metrics.reclaimed.inc_by(n);
-                        tracing::info!(%queue, reclaimed = n, "took back tasks whose executor stopped renewing their lease");
+                    Ok(report) => {
+                        if report.taken_back > 0 {
+                            shared.metrics.reclaimed.inc_by(report.taken_back);
+                            tracing::info!(%queue, reclaimed = report.taken_back, "took back tasks whose executor stopped renewing their lease");
+                        }
+                        count_repairs(
+                            &shared,
+                            &[
+                                ("stuck_delivery", report.requeued),
+                                ("orphan_entry", report.dropped),
+                            ],
+                        );
+                        if report.requeued + report.dropped > 0 {
+                            tracing::info!(%queue, requeued = report.requeued, dropped = report.dropped, "repaired idle entries: queued again those read but never claimed, dropped those leading nowhere");
+                        }
                     }
                     Err(error) => {
                         shared.metrics.redis_errors.inc();
@@ -699,33 +708,18 @@ async fn reconcile_once(shared: &Shared, queue: &str) {
     let lease = shared.config.lease();
     match shared
         .broker
-        .reconcile(
-            queue,
-            lease * 2,
-            500,
-            (lease * 2).max(Duration::from_secs(60)),
-        )
+        .reconcile(queue, 500, (lease * 2).max(Duration::from_secs(60)))
         .await
     {
         Ok(report) => {
-            let kinds = [
-                ("orphan_entry", report.orphan_entries),
-                ("running_without_lease", report.running_without_lease),
-                ("stuck_delivery", report.stuck_deliveries),
-                ("reindexed", report.reindexed),
-                ("dead_consumer", report.consumers_removed),
-            ];
-            for (kind, n) in kinds {
-                if n > 0 {
-                    shared
-                        .metrics
-                        .repaired
-                        .get_or_create(&KindLabels {
-                            kind: kind.to_owned(),
-                        })
-                        .inc_by(n);
-                }
-            }
+            count_repairs(
+                shared,
+                &[
+                    ("running_without_lease", report.running_without_lease),
+                    ("reindexed", report.reindexed),
+                    ("dead_consumer", report.consumers_removed),
+                ],
+            );
             if report.total() > 0 {
                 tracing::info!(%queue, ?report, "reconciler repaired inconsistent state");
             }
@@ -733,6 +727,21 @@ async fn reconcile_once(shared: &Shared, queue: &str) {
         Err(error) => {
             shared.metrics.redis_errors.inc();
             shared.outage.failed("reconcile", &error);
+        }
+    }
+}
+
+/// Adds repairs to `tarefa_executor_repaired_total`, by kind.
+fn count_repairs(shared: &Shared, kinds: &[(&str, u64)]) {
+    for &(kind, n) in kinds {
+        if n > 0 {
+            shared
+                .metrics
+                .repaired
+                .get_or_create(&KindLabels {
+                    kind: kind.to_owned(),
+                })
+                .inc_by(n);
         }
     }
 }

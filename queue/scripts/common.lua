@@ -6,7 +6,6 @@ local STREAM = base .. 'stream'
 local GROUP = 'executors'
 local SCHEDULED = base .. 'scheduled'
 local RETRYING = base .. 'retrying'
-local LEASES = base .. 'leases'
 local DEAD = base .. 'dead'
 local DONE = base .. 'done'
 local STATS = base .. 'stats'
@@ -22,6 +21,14 @@ local MAX_ERRORS = 25
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- The value of `name` in a flat list of field/value pairs (a stream entry, an XINFO row).
+local function entry_field(pairs_list, name)
+  for i = 1, #pairs_list, 2 do
+    if pairs_list[i] == name then return pairs_list[i + 1] end
+  end
+  return nil
 end
 
 local function record_key(id) return base .. 't:' .. id end

@@ -9,12 +9,14 @@
 local dead_ttl = tonumber(ARGV[1])
 local executor = ARGV[2]
 local now = now_ms()
+local now_s = tostring(now)
 local out = {}
 local succeeded, failed = 0, 0
--- Successes, the common case, share batch-wide commands: one ZREM of their leases, one XACK
--- and one XDEL of their entries, one ZADD into DONE and one trim of it (by the smallest TTL,
--- as per-task trims would); per task: one HMGET, one HSET, one PEXPIRE, the notify.
-local ok_ids, ok_entries, ok_done = {}, {}, {}
+-- Successes, the common case, share batch-wide commands: one XACK (which also ends their
+-- leases: a lease is the entry's place in the group's pending list) and one XDEL of their
+-- entries, one ZADD into DONE and one trim of it (by the smallest TTL, as per-task trims
+-- would); per task: one HMGET, one HSET, one PEXPIRE, the notify.
+local ok_entries, ok_done = {}, {}
 -- Runs `command key [prefix...] values...` in slices, so a large batch never exceeds Lua's
 -- unpack limit (about 8000 values).
 local function call_in_slices(command, key, prefix, values, step)
@@ -38,14 +40,15 @@ for i = 3, #ARGV, 5 do
     out[#out + 1] = 0
   elseif kind == 'ok' then
     out[#out + 1] = 1
-    local ttl = tonumber(r[7]) or 86400000
-    ok_ids[#ok_ids + 1] = id
+    local ttl = r[7] or '86400000'
     if r[3] and r[3] ~= '' then ok_entries[#ok_entries + 1] = r[3] end
-    ok_done[#ok_done + 1] = now
+    ok_done[#ok_done + 1] = now_s
     ok_done[#ok_done + 1] = id
-    if min_ttl == nil or ttl < min_ttl then min_ttl = ttl end
+    local ttl_ms = tonumber(ttl) or 86400000
+    if min_ttl == nil or ttl_ms < min_ttl then min_ttl = ttl_ms end
     -- 'entry' is emptied in the same HSET rather than deleted: every reader treats '' as none.
-    redis.call('HSET', key, 'dlv', 0, 'res', body, 'state', S_SUCCEEDED, 'ftime', now, 'entry', '')
+    redis.call('HSET', key, 'dlv', '0', 'res', body, 'state', S_SUCCEEDED, 'ftime', now_s,
+      'entry', '')
     redis.call('PEXPIRE', key, ttl)
     -- The errors list exists only once an attempt failed, and then 'err' is set.
     if r[8] then redis.call('PEXPIRE', errors_key(id), ttl) end
@@ -53,7 +56,6 @@ for i = 3, #ARGV, 5 do
     succeeded = succeeded + 1
   else
     out[#out + 1] = 1
-    redis.call('ZREM', LEASES, id)
     drop_entry(r[3])
     redis.call('HSET', key, 'dlv', 0)
     if kind == 'cancel' then
@@ -76,8 +78,7 @@ for i = 3, #ARGV, 5 do
     end
   end
 end
-if #ok_ids > 0 then
-  call_in_slices('ZREM', LEASES, nil, ok_ids, 1000)
+if #ok_done > 0 then
   call_in_slices('XACK', STREAM, GROUP, ok_entries, 1000)
   call_in_slices('XDEL', STREAM, nil, ok_entries, 1000)
   call_in_slices('ZADD', DONE, nil, ok_done, 1000)

@@ -1,36 +1,55 @@
--- Takes back tasks whose lease expired (their executor died or stalled): each one's attempt
--- counts as failed; it is queued again, or DEAD when it has no attempts left or was
--- delivered max deliveries times without an outcome (a poison task). Safe to run on every
--- executor at once: a lease is removed by exactly one caller.
--- ARGV: max deliveries, dead ttl (ms), limit.
--- Returns the number of tasks taken back.
-local max_deliveries, dead_ttl, limit = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+-- Takes back tasks whose lease expired (their executor died or stalled). A lease is the task's
+-- entry in the consumer group's pending list; it expires when the entry has been idle (not
+-- renewed by its executor's heartbeat) longer than the lease, as XPENDING's IDLE filter sees.
+-- Each task taken back has its attempt counted as failed; it is queued again, or DEAD when it
+-- has no attempts left or was delivered max deliveries times without an outcome (a poison
+-- task). An idle entry that was read but never claimed (its executor died in between) is
+-- queued again as it was; one that leads to no task is dropped. Safe to run on every executor
+-- at once: the script is atomic and drops each entry it handles.
+-- ARGV: lease (ms), max deliveries, dead ttl (ms), limit.
+-- Returns {running tasks taken back, unclaimed entries queued again, entries dropped}.
+local lease, max_deliveries = ARGV[1], tonumber(ARGV[2])
+local dead_ttl, limit = tonumber(ARGV[3]), ARGV[4]
+local ok, expired = pcall(redis.call, 'XPENDING', STREAM, GROUP, 'IDLE', lease, '-', '+', limit)
+if not ok then return {0, 0, 0} end
 local now = now_ms()
-local expired = redis.call('ZRANGEBYSCORE', LEASES, '-inf', now, 'LIMIT', 0, limit)
-local n = 0
-for _, id in ipairs(expired) do
-  if redis.call('ZREM', LEASES, id) == 1 then
-    local key = record_key(id)
-    local r = redis.call('HMGET', key, 'state', 'att', 'max', 'dlv', 'entry', 'cancel', 'exec')
-    if r[1] == S_RUNNING then
-      n = n + 1
-      drop_entry(r[5])
-      push_error(id, r[2], now, 'lease expired: executor ' .. (r[7] or '?') ..
-        ' stopped renewing it (attempt ' .. r[2] .. ')')
-      count('failed', 1, now)
-      if r[6] == '1' then
-        finish(id, key, S_CANCELLED, now)
-      elseif (tonumber(r[4]) or 0) >= max_deliveries then
-        push_error(id, r[2], now, 'poison task: delivered ' .. r[4] ..
-          ' times without an outcome (its handler may crash the executor)')
-        bury(id, key, now, dead_ttl)
-      elseif tonumber(r[2]) >= tonumber(r[3]) then
-        bury(id, key, now, dead_ttl)
-      else
-        enqueue(id, key, now)
-      end
+local n, requeued, dropped = 0, 0, 0
+for _, p in ipairs(expired) do
+  local entry = p[1]
+  local rows = redis.call('XRANGE', STREAM, entry, entry)
+  local id = nil
+  if #rows > 0 then id = entry_field(rows[1][2], 'id') end
+  local key = record_key(id or '')
+  local r = redis.call('HMGET', key, 'state', 'att', 'max', 'dlv', 'entry', 'cancel', 'exec')
+  if not id or r[5] ~= entry then
+    -- Leads to no task, or to a task that moved on to another entry.
+    drop_entry(entry)
+    dropped = dropped + 1
+  elseif r[1] == S_QUEUED then
+    drop_entry(entry)
+    enqueue(id, key, now)
+    requeued = requeued + 1
+  elseif r[1] ~= S_RUNNING then
+    drop_entry(entry)
+    dropped = dropped + 1
+  else
+    n = n + 1
+    drop_entry(entry)
+    push_error(id, r[2], now, 'lease expired: executor ' .. (r[7] or '?') ..
+      ' stopped renewing it (attempt ' .. r[2] .. ')')
+    count('failed', 1, now)
+    if r[6] == '1' then
+      finish(id, key, S_CANCELLED, now)
+    elseif (tonumber(r[4]) or 0) >= max_deliveries then
+      push_error(id, r[2], now, 'poison task: delivered ' .. r[4] ..
+        ' times without an outcome (its handler may crash the executor)')
+      bury(id, key, now, dead_ttl)
+    elseif tonumber(r[2]) >= tonumber(r[3]) then
+      bury(id, key, now, dead_ttl)
+    else
+      enqueue(id, key, now)
     end
   end
 end
 flush_notifications()
-return n
+return {n, requeued, dropped}

@@ -39,6 +39,6 @@ for m = minute - 59, minute do
   succeeded[#succeeded + 1] = tonumber(b[1]) or 0
   failed[#failed + 1] = tonumber(b[2]) or 0
 end
-return {length, pending, oldest, redis.call('ZCARD', LEASES), redis.call('ZCARD', SCHEDULED),
+return {length, pending, oldest, pending, redis.call('ZCARD', SCHEDULED),
   redis.call('ZCARD', RETRYING), redis.call('ZCARD', DEAD), redis.call('EXISTS', PAUSED),
   redis.call('HGETALL', STATS), redis.call('HGETALL', EXECUTORS), succeeded, failed, now % 60000}

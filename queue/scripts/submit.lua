@@ -1,18 +1,19 @@
 -- Enqueues a batch of tasks into one queue.
--- ARGV: idempotency window (ms), then 13 values per task:
---   id, type, payload, content type, run_at (ms, 0 = now), max attempts, backoff,
---   timeout (ms), result ttl (ms), priority, headers (JSON), traceparent, idempotency key.
+-- ARGV: idempotency window (ms), then 7 values per task:
+--   id, spec (the immutable fields, packed by the queue crate: never read here), run_at (ms,
+--   0 = now), max attempts, result ttl (ms), priority, idempotency key.
 -- Returns, per task: the task id (the earlier one when deduplicated) and 1 if deduplicated.
 local window = tonumber(ARGV[1])
-local per_task = 13
+local per_task = 7
 local n = (#ARGV - 1) / per_task
 local now = now_ms()
+local now_s = tostring(now)
 local out = {}
 local created = 0
 for i = 0, n - 1 do
   local o = 1 + i * per_task
   local id = ARGV[o + 1]
-  local idem = ARGV[o + 13]
+  local idem = ARGV[o + 7]
   local previous = false
   if idem ~= '' then
     local ikey = base .. 'i:' .. idem
@@ -26,22 +27,18 @@ for i = 0, n - 1 do
     out[#out + 1] = 1
   else
     local key = record_key(id)
-    local run_at = tonumber(ARGV[o + 5])
-    local fields = {'type', ARGV[o + 2], 'payload', ARGV[o + 3], 'att', 0,
-      'max', ARGV[o + 6], 'tmo', ARGV[o + 8], 'ttl', ARGV[o + 9], 'ctime', now}
-    local function optional(name, value)
-      if value ~= '' and value ~= '0' then
-        fields[#fields + 1] = name
-        fields[#fields + 1] = value
-      end
+    local run_at = ARGV[o + 3]
+    local fields = {'spec', ARGV[o + 2], 'att', '0', 'max', ARGV[o + 4], 'ttl', ARGV[o + 5],
+      'ctime', now_s}
+    if ARGV[o + 6] ~= '0' then
+      fields[#fields + 1] = 'prio'
+      fields[#fields + 1] = ARGV[o + 6]
     end
-    optional('ct', ARGV[o + 4])
-    optional('bo', ARGV[o + 7])
-    optional('prio', ARGV[o + 10])
-    optional('hdr', ARGV[o + 11])
-    optional('tp', ARGV[o + 12])
-    optional('idem', idem)
-    if run_at > now then
+    if idem ~= '' then
+      fields[#fields + 1] = 'idem'
+      fields[#fields + 1] = idem
+    end
+    if tonumber(run_at) > now then
       fields[#fields + 1] = 'state'
       fields[#fields + 1] = S_SCHEDULED
       fields[#fields + 1] = 'rtime'
@@ -56,7 +53,7 @@ for i = 0, n - 1 do
       fields[#fields + 1] = 'entry'
       fields[#fields + 1] = entry
       fields[#fields + 1] = 'rtime'
-      fields[#fields + 1] = now
+      fields[#fields + 1] = now_s
       -- No notification: nobody can be watching a task that did not exist.
       redis.call('HSET', key, unpack(fields))
     end

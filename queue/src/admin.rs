@@ -6,7 +6,8 @@ use std::collections::HashMap;
 use redis::Value;
 
 use crate::broker::Broker;
-use crate::keys::{DEAD, DONE, LEASES, PAUSED, RETRYING, SCHEDULED, STREAM};
+use crate::keys::{DEAD, DONE, PAUSED, RETRYING, SCHEDULED, STREAM};
+use crate::spec;
 use crate::task::{AttemptError, TaskId, TaskRecord, TaskState};
 use crate::{Error, Result};
 
@@ -377,13 +378,26 @@ impl Broker {
                 .clone()
         };
         let command = match state {
-            TaskState::Queued => {
+            // The stream holds the waiting and the running tasks (a running task's lease is
+            // its entry's place in the group's pending list): the newest entries for QUEUED,
+            // the oldest for RUNNING; the caller keeps the records in the state it asked for.
+            TaskState::Queued | TaskState::Running => {
+                let mut command = if state == TaskState::Queued {
+                    redis::cmd("XREVRANGE")
+                        .arg(self.keys.queue_key(queue, STREAM))
+                        .arg("+")
+                        .arg("-")
+                        .clone()
+                } else {
+                    redis::cmd("XRANGE")
+                        .arg(self.keys.queue_key(queue, STREAM))
+                        .arg("-")
+                        .arg("+")
+                        .clone()
+                };
                 let entries: Vec<(String, HashMap<String, String>)> = self
                     .timed(
-                        redis::cmd("XREVRANGE")
-                            .arg(self.keys.queue_key(queue, STREAM))
-                            .arg("+")
-                            .arg("-")
+                        command
                             .arg("COUNT")
                             .arg(offset + count)
                             .query_async(&mut con),
@@ -395,7 +409,6 @@ impl Broker {
                     .filter_map(|(_, mut fields)| fields.remove("id"))
                     .collect());
             }
-            TaskState::Running => sorted_set(LEASES),
             TaskState::Scheduled => sorted_set(SCHEDULED),
             TaskState::Retrying => sorted_set(RETRYING),
             TaskState::Dead => sorted_set(DEAD),
@@ -410,7 +423,8 @@ fn record_from_fields(
     mut fields: HashMap<String, Vec<u8>>,
     errors: Vec<String>,
 ) -> Result<TaskRecord> {
-    let payload = fields.remove("payload").unwrap_or_default();
+    let spec = fields.remove("spec").unwrap_or_default();
+    let spec = spec::decode(&spec).map_err(|e| Error::Corrupt(format!("task {id}: {e}")))?;
     let result = fields.remove("res").unwrap_or_default();
     let mut text = |name: &str| {
         fields
@@ -425,7 +439,6 @@ fn record_from_fields(
         .and_then(TaskState::from_code)
         .ok_or_else(|| Error::Corrupt(format!("task {id} has state {state_text:?}")))?;
     let number = |s: String| s.parse::<u64>().unwrap_or(0);
-    let headers = text("hdr");
     let errors = errors
         .into_iter()
         .map(|line| {
@@ -438,31 +451,27 @@ fn record_from_fields(
         })
         .collect();
     Ok(TaskRecord {
-        task_type: text("type"),
+        task_type: spec.task_type,
         state,
         attempt: number(text("att")) as u32,
         max_attempts: number(text("max")) as u32,
-        content_type: text("ct"),
+        content_type: spec.content_type,
         last_error: text("err"),
         errors,
         created_at_ms: number(text("ctime")),
         run_at_ms: number(text("rtime")),
         started_at_ms: number(text("stime")),
         finished_at_ms: number(text("ftime")),
-        traceparent: text("tp"),
-        headers: if headers.is_empty() {
-            HashMap::new()
-        } else {
-            serde_json::from_str(&headers).unwrap_or_default()
-        },
+        traceparent: spec.traceparent,
+        headers: spec.headers,
         progress: text("prog").parse().unwrap_or(0.0),
         progress_message: text("pmsg"),
         idempotency_key: text("idem"),
         executor_id: text("exec"),
         priority: text("prio").parse().unwrap_or(0),
-        timeout_ms: number(text("tmo")),
+        timeout_ms: spec.timeout.as_millis() as u64,
         cancel_requested: text("cancel") == "1",
-        payload,
+        payload: spec.payload,
         result,
         id,
     })

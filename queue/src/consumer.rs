@@ -9,7 +9,8 @@ use redis::aio::ConnectionManager;
 
 use crate::broker::Broker;
 use crate::keys::{ENTRY_TASK_FIELD, GROUP, STREAM};
-use crate::task::{Backoff, ClaimedTask, Completion, Outcome, TaskId};
+use crate::spec;
+use crate::task::{ClaimedTask, Completion, Outcome, TaskId};
 use crate::{Error, Result};
 
 /// A connection of its own for blocking reads (`XREADGROUP ... BLOCK`), which would otherwise
@@ -40,15 +41,23 @@ pub struct RenewReply {
     pub cancelled: Vec<TaskId>,
 }
 
+/// What one reclaim pass did with the entries idle past the lease.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReclaimReport {
+    /// RUNNING tasks whose executor stopped renewing their lease: attempt counted as failed,
+    /// queued again (or DEAD).
+    pub taken_back: u64,
+    /// Entries read by an executor that died before claiming them, queued again.
+    pub requeued: u64,
+    /// Entries that led to no task (or to a task that moved on), dropped.
+    pub dropped: u64,
+}
+
 /// What one reconciler pass repaired.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ReconcileReport {
-    /// Stream entries that led to no task (or to a task that moved on), dropped.
-    pub orphan_entries: u64,
     /// RUNNING tasks that had no lease (so would never be reclaimed), given an expired one.
     pub running_without_lease: u64,
-    /// Entries read by an executor that died before claiming them, queued again.
-    pub stuck_deliveries: u64,
     /// Waiting tasks missing from their index (sorted set or stream), put back.
     pub reindexed: u64,
     /// Consumers of vanished executors removed from the group (only once they held nothing).
@@ -58,11 +67,7 @@ pub struct ReconcileReport {
 impl ReconcileReport {
     /// Total repairs.
     pub fn total(&self) -> u64 {
-        self.orphan_entries
-            + self.running_without_lease
-            + self.stuck_deliveries
-            + self.reindexed
-            + self.consumers_removed
+        self.running_without_lease + self.reindexed + self.consumers_removed
     }
 }
 
@@ -110,14 +115,14 @@ impl Broker {
         Ok(())
     }
 
-    /// Claims entries just read: each task becomes RUNNING under a lease of `lease`, at a new
-    /// attempt. Entries that lead nowhere are acknowledged and skipped; a task delivered more
-    /// than `max_deliveries` times without an outcome goes DEAD as poison.
+    /// Claims entries just read: each task becomes RUNNING at a new attempt. Its lease is the
+    /// entry's place in the consumer group's pending list, which the read has just started and
+    /// [`Broker::renew`] keeps fresh. Entries that lead nowhere are acknowledged and skipped; a
+    /// task delivered more than `max_deliveries` times without an outcome goes DEAD as poison.
     pub async fn claim(
         &self,
         queue: &str,
         executor_id: &str,
-        lease: Duration,
         max_deliveries: u32,
         entries: &[(String, String)],
     ) -> Result<Vec<ClaimedTask>> {
@@ -127,7 +132,6 @@ impl Broker {
         let mut invocation = self.scripts.claim.key(self.keys.queue_prefix(queue));
         invocation
             .arg(executor_id)
-            .arg(lease.as_millis() as u64)
             .arg(max_deliveries)
             .arg(self.config.dead_ttl.as_millis() as u64);
         for (entry, local) in entries {
@@ -135,9 +139,18 @@ impl Broker {
         }
         let mut con = self.con.clone();
         let rows: Vec<Vec<Value>> = self.timed(invocation.invoke_async(&mut con)).await?;
-        rows.into_iter()
-            .map(|row| claimed_from_row(queue, row))
-            .collect()
+        // A damaged record must not hold up the rest of the batch: it is left RUNNING, so its
+        // lease runs out and reclaim counts the lost deliveries until it goes DEAD as poison.
+        Ok(rows
+            .into_iter()
+            .filter_map(|row| match claimed_from_row(queue, row) {
+                Ok(task) => Some(task),
+                Err(error) => {
+                    tracing::error!(%queue, %error, "claimed a task whose record is damaged; skipping it");
+                    None
+                }
+            })
+            .collect())
     }
 
     /// Writes the outcomes of `executor_id`'s attempts (any mix of queues), one script call per
@@ -187,23 +200,19 @@ impl Broker {
         Ok(written)
     }
 
-    /// The heartbeat for one queue: records this executor as alive, extends the leases of the
-    /// tasks it runs there (`(task, attempt)` pairs), and reports lost and cancelled tasks and
-    /// whether the queue is paused.
+    /// The heartbeat for one queue: records this executor as alive, renews the leases of the
+    /// tasks it runs there (`(task, attempt)` pairs: their entries' idle time in the group's
+    /// pending list goes back to zero), and reports lost and cancelled tasks and whether the
+    /// queue is paused.
     pub async fn renew(
         &self,
         queue: &str,
         executor_id: &str,
         host: &str,
-        lease: Duration,
         in_flight: &[(TaskId, u32)],
     ) -> Result<RenewReply> {
         let mut invocation = self.scripts.renew.key(self.keys.queue_prefix(queue));
-        invocation
-            .arg(executor_id)
-            .arg(lease.as_millis() as u64)
-            .arg(host)
-            .arg(in_flight.len());
+        invocation.arg(executor_id).arg(host).arg(in_flight.len());
         for (id, attempt) in in_flight {
             invocation.arg(id.local()).arg(*attempt);
         }
@@ -223,15 +232,30 @@ impl Broker {
         })
     }
 
-    /// Takes back up to `limit` tasks whose lease expired. Returns how many.
-    pub async fn reclaim(&self, queue: &str, max_deliveries: u32, limit: u32) -> Result<u64> {
+    /// Handles up to `limit` entries idle in the group's pending list for longer than `lease`:
+    /// takes back the tasks whose executor stopped renewing them, queues again the entries
+    /// read but never claimed, drops the ones that lead nowhere.
+    pub async fn reclaim(
+        &self,
+        queue: &str,
+        lease: Duration,
+        max_deliveries: u32,
+        limit: u32,
+    ) -> Result<ReclaimReport> {
         let mut con = self.con.clone();
         let mut invocation = self.scripts.reclaim.key(self.keys.queue_prefix(queue));
         invocation
+            .arg(lease.as_millis() as u64)
             .arg(max_deliveries)
             .arg(self.config.dead_ttl.as_millis() as u64)
             .arg(limit);
-        self.timed(invocation.invoke_async(&mut con)).await
+        let counts: Vec<u64> = self.timed(invocation.invoke_async(&mut con)).await?;
+        let at = |i: usize| counts.get(i).copied().unwrap_or(0);
+        Ok(ReclaimReport {
+            taken_back: at(0),
+            requeued: at(1),
+            dropped: at(2),
+        })
     }
 
     /// Moves due scheduled and retrying tasks (up to `limit` of each) into the stream. Returns
@@ -246,30 +270,23 @@ impl Broker {
         Ok((promoted, next))
     }
 
-    /// One reconciler pass over `queue`. `min_idle`: how long an entry may stay delivered and
-    /// unacknowledged before it is examined; `scan_count`: records examined per pass;
-    /// `stale`: how long without a heartbeat before an executor's consumer may be removed.
+    /// One reconciler pass over `queue`. `scan_count`: records examined per pass; `stale`: how
+    /// long without a heartbeat before an executor's consumer may be removed.
     pub async fn reconcile(
         &self,
         queue: &str,
-        min_idle: Duration,
         scan_count: u32,
         stale: Duration,
     ) -> Result<ReconcileReport> {
         let mut con = self.con.clone();
         let mut invocation = self.scripts.reconcile.key(self.keys.queue_prefix(queue));
-        invocation
-            .arg(min_idle.as_millis() as u64)
-            .arg(scan_count)
-            .arg(stale.as_millis() as u64);
+        invocation.arg(scan_count).arg(stale.as_millis() as u64);
         let counts: Vec<u64> = self.timed(invocation.invoke_async(&mut con)).await?;
         let at = |i: usize| counts.get(i).copied().unwrap_or(0);
         Ok(ReconcileReport {
-            orphan_entries: at(0),
-            running_without_lease: at(1),
-            stuck_deliveries: at(2),
-            reindexed: at(3),
-            consumers_removed: at(4),
+            running_without_lease: at(0),
+            reindexed: at(1),
+            consumers_removed: at(2),
         })
     }
 
@@ -405,7 +422,7 @@ fn parse_read_reply(reply: Value) -> Result<Vec<(String, String)>> {
 }
 
 fn claimed_from_row(queue: &str, row: Vec<Value>) -> Result<ClaimedTask> {
-    if row.len() < 12 {
+    if row.len() < 6 {
         return Err(Error::Corrupt(format!(
             "claim row has {} values",
             row.len()
@@ -415,39 +432,25 @@ fn claimed_from_row(queue: &str, row: Vec<Value>) -> Result<ClaimedTask> {
     let mut next = || values.next().unwrap_or(Value::Nil);
     let local: String = redis::from_redis_value(next())?;
     let attempt: u32 = redis::from_redis_value(next())?;
-    let task_type: String = redis::from_redis_value(next())?;
-    let payload: Vec<u8> = redis::from_redis_value(next())?;
-    let content_type: String = redis::from_redis_value(next())?;
-    let timeout: String = redis::from_redis_value(next())?;
+    let spec: Vec<u8> = redis::from_redis_value(next())?;
     let max_attempts: String = redis::from_redis_value(next())?;
-    let backoff: String = redis::from_redis_value(next())?;
-    let headers: String = redis::from_redis_value(next())?;
-    let traceparent: String = redis::from_redis_value(next())?;
     let queue_wait_ms: u64 = redis::from_redis_value(next())?;
     let deliveries: u32 = redis::from_redis_value(next())?;
-    let number = |field: &str, text: &str| -> Result<u64> {
-        text.parse()
-            .map_err(|_| Error::Corrupt(format!("task {local}: {field} is {text:?}")))
-    };
+    let spec = spec::decode(&spec).map_err(|e| Error::Corrupt(format!("task {local}: {e}")))?;
+    let max_attempts = max_attempts
+        .parse()
+        .map_err(|_| Error::Corrupt(format!("task {local}: max attempts is {max_attempts:?}")))?;
     Ok(ClaimedTask {
         id: TaskId::from_parts(queue, &local),
         attempt,
-        task_type,
-        payload,
-        content_type,
-        timeout: Duration::from_millis(number("timeout", &timeout)?),
-        max_attempts: number("max attempts", &max_attempts)? as u32,
-        backoff: if backoff.is_empty() {
-            Backoff::default()
-        } else {
-            Backoff::decode(&backoff)
-        },
-        headers: if headers.is_empty() {
-            HashMap::new()
-        } else {
-            serde_json::from_str(&headers).unwrap_or_default()
-        },
-        traceparent,
+        task_type: spec.task_type,
+        payload: spec.payload,
+        content_type: spec.content_type,
+        timeout: spec.timeout,
+        max_attempts,
+        backoff: spec.backoff.unwrap_or_default(),
+        headers: spec.headers,
+        traceparent: spec.traceparent,
         queue_wait: Duration::from_millis(queue_wait_ms),
         deliveries,
     })

@@ -14,8 +14,6 @@ pub const STREAM: &str = "stream";
 pub const SCHEDULED: &str = "scheduled";
 /// Sorted set of RETRYING task ids by due time.
 pub const RETRYING: &str = "retrying";
-/// Sorted set of RUNNING task ids by lease deadline.
-pub const LEASES: &str = "leases";
 /// Sorted set of DEAD task ids by time of death.
 pub const DEAD: &str = "dead";
 /// Sorted set of SUCCEEDED and CANCELLED task ids by finish time (trimmed to the result TTL).

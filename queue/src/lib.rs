@@ -16,12 +16,13 @@ mod consumer;
 pub mod events;
 pub mod keys;
 mod scripts;
+mod spec;
 mod submit;
 pub mod task;
 
 pub use admin::{ExecutorInfo, ListPage, QueueStats};
 pub use broker::{Broker, BrokerConfig};
-pub use consumer::{Reader, ReconcileReport, RenewReply};
+pub use consumer::{Reader, ReclaimReport, ReconcileReport, RenewReply};
 pub use submit::SubmitBatcher;
 pub use task::*;
 

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::broker::Broker;
+use crate::spec;
 use crate::task::{NewTask, Submitted, TaskId};
 use crate::{Error, Result};
 
@@ -27,24 +28,13 @@ impl Broker {
             let mut invocation = self.scripts.submit.key(self.keys.queue_prefix(&queue));
             invocation.arg(self.config.idempotency_window.as_millis() as u64);
             for (_, task) in &group {
-                let headers = if task.headers.is_empty() {
-                    String::new()
-                } else {
-                    serde_json::to_string(&task.headers).unwrap_or_default()
-                };
                 invocation
                     .arg(task.id.local())
-                    .arg(&task.task_type)
-                    .arg(&task.payload)
-                    .arg(&task.content_type)
+                    .arg(spec::encode(task))
                     .arg(task.run_at_ms)
                     .arg(task.max_attempts)
-                    .arg(task.backoff.map(|b| b.encode()).unwrap_or_default())
-                    .arg(task.timeout.as_millis() as u64)
                     .arg(task.result_ttl.as_millis() as u64)
                     .arg(task.priority)
-                    .arg(headers)
-                    .arg(&task.traceparent)
                     .arg(&task.idempotency_key);
             }
             let mut con = self.con.clone();
