@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use tarefa_proto as pb;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 
 pub use config::Config;
 pub use error::Error;
@@ -89,7 +89,12 @@ pub async fn run(
         .add_service(health_service)
         .add_service(reflection)
         .add_service(scheduler)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), wait_stop(stop.clone()));
+        .serve_with_incoming_shutdown(
+            // TCP_NODELAY: a unary answer is a few small writes; Nagle would hold the last
+            // one back until the client's ACK.
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            wait_stop(stop.clone()),
+        );
     tokio::pin!(server);
     tokio::select! {
         result = &mut server => result?,
