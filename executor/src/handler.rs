@@ -77,7 +77,7 @@ pub struct TaskContext {
     pub(crate) max_attempts: u32,
     pub(crate) task_type: String,
     pub(crate) headers: HashMap<String, String>,
-    pub(crate) executor_id: String,
+    pub(crate) executor_id: Arc<str>,
     pub(crate) content_type: String,
     pub(crate) cancel: CancellationToken,
     pub(crate) broker: Broker,

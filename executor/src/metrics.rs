@@ -1,6 +1,7 @@
 //! The executor's Prometheus metrics.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -26,14 +27,8 @@ type HistogramFamily = Family<TaskLabels, Histogram, fn() -> Histogram>;
 #[derive(Clone)]
 pub struct Metrics {
     registry: Arc<Registry>,
-    pub(crate) started: Family<TaskLabels, Counter>,
-    pub(crate) succeeded: Family<TaskLabels, Counter>,
-    pub(crate) failed: Family<TaskLabels, Counter>,
-    pub(crate) retried: Family<TaskLabels, Counter>,
-    pub(crate) dead: Family<TaskLabels, Counter>,
-    pub(crate) cancelled: Family<TaskLabels, Counter>,
-    pub(crate) run_seconds: HistogramFamily,
-    pub(crate) queue_wait_seconds: HistogramFamily,
+    /// The per-task families, reached through [`Metrics::for_task`].
+    tasks: Arc<TaskFamilies>,
     pub(crate) in_flight: Gauge,
     pub(crate) redis_errors: Counter,
     pub(crate) fenced_outcomes: Counter,
@@ -41,6 +36,123 @@ pub struct Metrics {
     pub(crate) reclaimed: Counter,
     pub(crate) promoted: Counter,
     pub(crate) repaired: Family<KindLabels, Counter>,
+}
+
+/// The families labelled by queue and task type, with handles on their series resolved once
+/// per (queue, task type) instead of once per task and metric.
+struct TaskFamilies {
+    started: Family<TaskLabels, Counter>,
+    succeeded: Family<TaskLabels, Counter>,
+    failed: Family<TaskLabels, Counter>,
+    retried: Family<TaskLabels, Counter>,
+    dead: Family<TaskLabels, Counter>,
+    cancelled: Family<TaskLabels, Counter>,
+    run_seconds: HistogramFamily,
+    queue_wait_seconds: HistogramFamily,
+    /// Queue, then task type.
+    resolved: Mutex<HashMap<String, HashMap<String, Arc<TaskMetrics>>>>,
+}
+
+/// The metrics of one (queue, task type), shared by its tasks. Each handle is a clone of its
+/// family's own series (it counts into the same one), created on first use as the family's
+/// `get_or_create` would, so `/metrics` shows no series before it is first touched.
+pub(crate) struct TaskMetrics {
+    labels: TaskLabels,
+    /// The attempt span's name, `run <task type>`.
+    pub(crate) span_name: String,
+    started: OnceLock<Counter>,
+    succeeded: OnceLock<Counter>,
+    failed: OnceLock<Counter>,
+    retried: OnceLock<Counter>,
+    dead: OnceLock<Counter>,
+    cancelled: OnceLock<Counter>,
+    run_seconds: OnceLock<Histogram>,
+    queue_wait_seconds: OnceLock<Histogram>,
+}
+
+/// The handle in `cell`, taken from `family` the first time.
+fn series<'a, M, C>(
+    cell: &'a OnceLock<M>,
+    family: &Family<TaskLabels, M, C>,
+    labels: &TaskLabels,
+) -> &'a M
+where
+    M: Clone,
+    C: prometheus_client::metrics::family::MetricConstructor<M>,
+{
+    cell.get_or_init(|| family.get_or_create_owned(labels))
+}
+
+/// One task's view of its (queue, task type) metrics.
+pub(crate) struct TaskSeries<'a> {
+    families: &'a TaskFamilies,
+    metrics: &'a TaskMetrics,
+}
+
+impl TaskSeries<'_> {
+    pub(crate) fn started(&self) -> &Counter {
+        series(
+            &self.metrics.started,
+            &self.families.started,
+            &self.metrics.labels,
+        )
+    }
+
+    pub(crate) fn succeeded(&self) -> &Counter {
+        series(
+            &self.metrics.succeeded,
+            &self.families.succeeded,
+            &self.metrics.labels,
+        )
+    }
+
+    pub(crate) fn failed(&self) -> &Counter {
+        series(
+            &self.metrics.failed,
+            &self.families.failed,
+            &self.metrics.labels,
+        )
+    }
+
+    pub(crate) fn retried(&self) -> &Counter {
+        series(
+            &self.metrics.retried,
+            &self.families.retried,
+            &self.metrics.labels,
+        )
+    }
+
+    pub(crate) fn dead(&self) -> &Counter {
+        series(
+            &self.metrics.dead,
+            &self.families.dead,
+            &self.metrics.labels,
+        )
+    }
+
+    pub(crate) fn cancelled(&self) -> &Counter {
+        series(
+            &self.metrics.cancelled,
+            &self.families.cancelled,
+            &self.metrics.labels,
+        )
+    }
+
+    pub(crate) fn run_seconds(&self) -> &Histogram {
+        series(
+            &self.metrics.run_seconds,
+            &self.families.run_seconds,
+            &self.metrics.labels,
+        )
+    }
+
+    pub(crate) fn queue_wait_seconds(&self) -> &Histogram {
+        series(
+            &self.metrics.queue_wait_seconds,
+            &self.families.queue_wait_seconds,
+            &self.metrics.labels,
+        )
+    }
 }
 
 impl std::fmt::Debug for Metrics {
@@ -142,14 +254,17 @@ impl Metrics {
         );
         Self {
             registry: Arc::new(registry),
-            started,
-            succeeded,
-            failed,
-            retried,
-            dead,
-            cancelled,
-            run_seconds,
-            queue_wait_seconds,
+            tasks: Arc::new(TaskFamilies {
+                started,
+                succeeded,
+                failed,
+                retried,
+                dead,
+                cancelled,
+                run_seconds,
+                queue_wait_seconds,
+                resolved: Mutex::default(),
+            }),
             in_flight,
             redis_errors,
             fenced_outcomes,
@@ -157,6 +272,47 @@ impl Metrics {
             reclaimed,
             promoted,
             repaired,
+        }
+    }
+
+    /// The metrics of tasks of `task_type` in `queue`: one map lookup per task instead of one
+    /// label-set hash per metric touched.
+    pub(crate) fn for_task(&self, queue: &str, task_type: &str) -> Arc<TaskMetrics> {
+        let mut resolved = self
+            .tasks
+            .resolved
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(found) = resolved.get(queue).and_then(|types| types.get(task_type)) {
+            return found.clone();
+        }
+        let metrics = Arc::new(TaskMetrics {
+            labels: TaskLabels {
+                queue: queue.to_owned(),
+                task_type: task_type.to_owned(),
+            },
+            span_name: format!("run {task_type}"),
+            started: OnceLock::new(),
+            succeeded: OnceLock::new(),
+            failed: OnceLock::new(),
+            retried: OnceLock::new(),
+            dead: OnceLock::new(),
+            cancelled: OnceLock::new(),
+            run_seconds: OnceLock::new(),
+            queue_wait_seconds: OnceLock::new(),
+        });
+        resolved
+            .entry(queue.to_owned())
+            .or_default()
+            .insert(task_type.to_owned(), metrics.clone());
+        metrics
+    }
+
+    /// The series of `metrics` (from [`Metrics::for_task`] on these metrics).
+    pub(crate) fn series<'a>(&'a self, metrics: &'a TaskMetrics) -> TaskSeries<'a> {
+        TaskSeries {
+            families: &self.tasks,
+            metrics,
         }
     }
 

@@ -3,17 +3,24 @@
 //! and run the maintenance passes (promote, reclaim, reconcile) that keep the queues healthy.
 
 use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use futures::FutureExt;
 use tarefa_queue::{Broker, ClaimedTask, Completion, Outcome, TaskId};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
+use tokio::sync::{
+    OwnedRwLockReadGuard, OwnedRwLockWriteGuard, OwnedSemaphorePermit, RwLock, Semaphore, mpsc,
+    watch,
+};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, field};
 
 use crate::config::Config;
 use crate::handler::{HandlerError, Registry, TaskContext};
-use crate::metrics::{KindLabels, Metrics, TaskLabels};
+use crate::metrics::{KindLabels, Metrics};
 
 /// How long a cancelled handler gets to return on its own before it is dropped.
 const CANCEL_GRACE: Duration = Duration::from_secs(2);
@@ -33,21 +40,39 @@ struct Running {
     reason: Arc<Mutex<Option<StopReason>>>,
 }
 
+type RunningTasks = Mutex<HashMap<TaskId, Running>>;
+
+/// A task's hold on [`Shared::exclusive`], kept until its outcome is written.
+enum Turn {
+    /// Beside the others.
+    Shared { _guard: OwnedRwLockReadGuard<()> },
+    /// Alone: a last allowed delivery.
+    Alone { _guard: OwnedRwLockWriteGuard<()> },
+}
+
+/// What a task leaves with the writer along with its outcome; the writer finishes the task
+/// once the outcome is written: it logs a fenced outcome in the task's span, ends the task's
+/// lease renewal (its `running` entry) and releases its turn. The span ends with it.
+struct Pending {
+    span: tracing::Span,
+    turn: Turn,
+}
+
 /// State shared by the loops of one executor.
 pub(crate) struct Shared {
     pub(crate) broker: Broker,
     pub(crate) config: Config,
     pub(crate) registry: Registry,
     pub(crate) metrics: Metrics,
-    pub(crate) executor_id: String,
+    pub(crate) executor_id: Arc<str>,
     pub(crate) host: String,
-    running: Mutex<HashMap<TaskId, Running>>,
+    running: Arc<RunningTasks>,
     paused: Mutex<HashSet<String>>,
     permits: Arc<Semaphore>,
     /// Read by every running task, written by a task on its last allowed delivery so that it
     /// runs alone (see `run_task`).
-    exclusive: tokio::sync::RwLock<()>,
-    outcomes: mpsc::Sender<(Completion, oneshot::Sender<bool>)>,
+    exclusive: Arc<RwLock<()>>,
+    outcomes: mpsc::Sender<(Completion, Pending)>,
     /// Logs a Redis outage once, not once per failed call.
     outage: Arc<OutageLog>,
 }
@@ -102,12 +127,12 @@ pub(crate) async fn run(
         config,
         registry,
         metrics,
-        executor_id,
+        executor_id: executor_id.into(),
         host,
-        running: Mutex::default(),
+        running: Arc::default(),
         paused: Mutex::default(),
         permits,
-        exclusive: tokio::sync::RwLock::new(()),
+        exclusive: Arc::default(),
         outcomes,
         outage: Arc::default(),
     });
@@ -298,16 +323,15 @@ async fn claim_with_retry(
     Vec::new()
 }
 
-/// Runs one attempt and hands its outcome to the writer; the permit is released only once
-/// the outcome is written (or known to be moot).
-async fn run_task(shared: Arc<Shared>, task: ClaimedTask, permit: OwnedSemaphorePermit) {
-    let labels = TaskLabels {
-        queue: task.id.queue().to_owned(),
-        task_type: task.task_type.clone(),
-    };
+/// Runs one attempt and hands its outcome to the writer; the permit is released once the
+/// handler is done, the rest (lease renewal, the `exclusive` turn, the span) once the outcome
+/// is written (see [`Pending`]) or known to be moot.
+async fn run_task(shared: Arc<Shared>, mut task: ClaimedTask, permit: OwnedSemaphorePermit) {
+    let metrics = shared.metrics.for_task(task.id.queue(), &task.task_type);
+    let series = shared.metrics.series(&metrics);
     let span = tracing::info_span!(
         "task",
-        otel.name = %format!("run {}", task.task_type),
+        otel.name = %metrics.span_name,
         task_id = %task.id,
         queue = %task.id.queue(),
         task_type = %task.task_type,
@@ -338,9 +362,9 @@ async fn run_task(shared: Arc<Shared>, task: ClaimedTask, permit: OwnedSemaphore
     // Every task holds the exclusive lock for reading while it runs; a last-chance task holds
     // it for writing, so it waits for the others to finish and none starts beside it. (It holds
     // no read guard while it waits, so two of them cannot deadlock.)
-    let (_shared_run, _alone) = if last_chance {
+    let turn = if last_chance {
         tracing::info!(task_id = %task.id, deliveries = task.deliveries, "last delivery allowed after executor losses: running it alone");
-        let alone = shared.exclusive.write().await;
+        let alone = shared.exclusive.clone().write_owned().await;
         if let Err(error) = shared
             .broker
             .count_last_delivery(&task.id, task.attempt, task.deliveries)
@@ -348,95 +372,125 @@ async fn run_task(shared: Arc<Shared>, task: ClaimedTask, permit: OwnedSemaphore
         {
             tracing::warn!(task_id = %task.id, %error, "could not count the last delivery; running anyway");
         }
-        (None, Some(alone))
+        Turn::Alone { _guard: alone }
     } else {
-        (Some(shared.exclusive.read().await), None)
+        Turn::Shared {
+            _guard: shared.exclusive.clone().read_owned().await,
+        }
     };
     shared.metrics.in_flight.inc();
-    shared.metrics.started.get_or_create(&labels).inc();
-    shared
-        .metrics
-        .queue_wait_seconds
-        .get_or_create(&labels)
+    series.started().inc();
+    series
+        .queue_wait_seconds()
         .observe(task.queue_wait.as_secs_f64());
+    // The handler gets these; nothing after it needs them.
+    let payload = std::mem::take(&mut task.payload);
+    let headers = std::mem::take(&mut task.headers);
+    let content_type = std::mem::take(&mut task.content_type);
     let mut permit = Some(permit);
-    async {
-        let started = Instant::now();
-        let outcome = execute(&shared, &task, token, &reason).await;
-        // The handler is done: its slot goes to the next task now, not after the outcome's
-        // round trip to Redis (the outcome channel is bounded, so waiting outcomes are too).
-        permit.take();
-        shared
-            .metrics
-            .run_seconds
-            .get_or_create(&labels)
-            .observe(started.elapsed().as_secs_f64());
-        let span = tracing::Span::current();
-        match &outcome {
-            None => {
-                span.record("outcome", "lease_lost");
-                shared.metrics.lost_leases.inc();
-                tracing::warn!("lease lost while running; outcome dropped (another attempt owns the task)");
-            }
-            Some(Outcome::Succeeded(_)) => {
-                span.record("outcome", "succeeded");
-                shared.metrics.succeeded.get_or_create(&labels).inc();
-                tracing::debug!("task succeeded");
-            }
-            Some(Outcome::Retry { error, delay }) => {
-                span.record("outcome", "failed");
-                span.record("otel.status_code", "ERROR");
-                shared.metrics.failed.get_or_create(&labels).inc();
-                if task.attempt < task.max_attempts {
-                    shared.metrics.retried.get_or_create(&labels).inc();
-                    tracing::info!(%error, retry_in_ms = delay.as_millis() as u64, "attempt failed; will retry");
-                } else {
-                    shared.metrics.dead.get_or_create(&labels).inc();
-                    tracing::warn!(%error, "last attempt failed; task is dead");
+    let outcome = {
+        let mut run = std::pin::pin!(async {
+            let started = Instant::now();
+            let outcome = execute(
+                &shared,
+                &task,
+                payload,
+                headers,
+                content_type,
+                token,
+                &reason,
+                &span,
+            )
+            .await;
+            // The handler is done: its slot goes to the next task now, not after the outcome's
+            // round trip to Redis (the outcome channel is bounded, so waiting outcomes are too).
+            permit.take();
+            series
+                .run_seconds()
+                .observe(started.elapsed().as_secs_f64());
+            match &outcome {
+                None => {
+                    span.record("outcome", "lease_lost");
+                    shared.metrics.lost_leases.inc();
+                    tracing::warn!(
+                        "lease lost while running; outcome dropped (another attempt owns the task)"
+                    );
+                }
+                Some(Outcome::Succeeded(_)) => {
+                    span.record("outcome", "succeeded");
+                    series.succeeded().inc();
+                    tracing::debug!("task succeeded");
+                }
+                Some(Outcome::Retry { error, delay }) => {
+                    span.record("outcome", "failed");
+                    span.record("otel.status_code", "ERROR");
+                    series.failed().inc();
+                    if task.attempt < task.max_attempts {
+                        series.retried().inc();
+                        tracing::info!(%error, retry_in_ms = delay.as_millis() as u64, "attempt failed; will retry");
+                    } else {
+                        series.dead().inc();
+                        tracing::warn!(%error, "last attempt failed; task is dead");
+                    }
+                }
+                Some(Outcome::Failed(error)) => {
+                    span.record("outcome", "dead");
+                    span.record("otel.status_code", "ERROR");
+                    series.failed().inc();
+                    series.dead().inc();
+                    tracing::warn!(%error, "attempt failed permanently; task is dead");
+                }
+                Some(Outcome::Cancelled(message)) => {
+                    span.record("outcome", "cancelled");
+                    series.cancelled().inc();
+                    tracing::info!(%message, "task cancelled while running");
                 }
             }
-            Some(Outcome::Failed(error)) => {
-                span.record("outcome", "dead");
-                span.record("otel.status_code", "ERROR");
-                shared.metrics.failed.get_or_create(&labels).inc();
-                shared.metrics.dead.get_or_create(&labels).inc();
-                tracing::warn!(%error, "attempt failed permanently; task is dead");
-            }
-            Some(Outcome::Cancelled(message)) => {
-                span.record("outcome", "cancelled");
-                shared.metrics.cancelled.get_or_create(&labels).inc();
-                tracing::info!(%message, "task cancelled while running");
-            }
-        }
-        if let Some(outcome) = outcome {
-            let (reply, written) = oneshot::channel();
-            let completion = Completion {
-                id: task.id.clone(),
-                attempt: task.attempt,
-                outcome,
-            };
-            if shared.outcomes.send((completion, reply)).await.is_ok()
-                && let Ok(false) = written.await {
-                    shared.metrics.fenced_outcomes.inc();
-                    tracing::warn!("outcome rejected: this attempt had lost its lease to a newer one");
-                }
-        }
+            outcome
+        });
+        // In the span on every poll, as `Instrumented` would be, without entering it again
+        // to drop the finished future.
+        std::future::poll_fn(|cx| span.in_scope(|| run.as_mut().poll(cx))).await
+    };
+    let Some(outcome) = outcome else {
+        finish(&shared.running, &shared.metrics, &task.id);
+        return;
+    };
+    let completion = Completion {
+        id: task.id,
+        attempt: task.attempt,
+        outcome,
+    };
+    if let Err(mpsc::error::SendError((completion, _pending))) = shared
+        .outcomes
+        .send((completion, Pending { span, turn }))
+        .await
+    {
+        // The writer is gone (only while shutting down): the outcome stays unwritten.
+        finish(&shared.running, &shared.metrics, &completion.id);
     }
-    .instrument(span)
-    .await;
-    if let Ok(mut running) = shared.running.lock() {
-        running.remove(&task.id);
+}
+
+/// The end of a task once its outcome is written or moot: no more lease renewal for it.
+fn finish(running: &RunningTasks, metrics: &Metrics, id: &TaskId) {
+    if let Ok(mut running) = running.lock() {
+        running.remove(id);
     }
-    shared.metrics.in_flight.dec();
+    metrics.in_flight.dec();
 }
 
 /// Runs the handler under the task's timeout and cancellation. `None` when the lease was lost
 /// (the outcome would be rejected anyway).
+#[allow(clippy::too_many_arguments)]
 async fn execute(
     shared: &Arc<Shared>,
     task: &ClaimedTask,
+    payload: Vec<u8>,
+    headers: HashMap<String, String>,
+    content_type: String,
     token: CancellationToken,
     reason: &Arc<Mutex<Option<StopReason>>>,
+    span: &tracing::Span,
 ) -> Option<Outcome> {
     let Some(handler) = shared.registry.get(&task.task_type) else {
         return Some(Outcome::Failed(format!(
@@ -451,42 +505,52 @@ async fn execute(
         attempt: task.attempt,
         max_attempts: task.max_attempts,
         task_type: task.task_type.clone(),
-        headers: task.headers.clone(),
+        headers,
         executor_id: shared.executor_id.clone(),
-        content_type: task.content_type.clone(),
+        content_type,
         cancel: token.clone(),
         broker: shared.broker.clone(),
         deadline_ms: now_ms() + task.timeout.as_millis() as u64,
     };
-    // Spawned, so a panicking handler fails its attempt instead of the executor.
-    let mut job = tokio::spawn(
-        handler
-            .call(task.payload.clone(), context)
-            .instrument(tracing::Span::current()),
-    );
+    let timeout = tokio::time::sleep(task.timeout);
+    // A panicking handler fails its attempt instead of the executor.
+    let mut call = AssertUnwindSafe(handler.call(payload, context)).catch_unwind();
     let stop_reason = || reason.lock().ok().and_then(|r| *r);
-    let result = tokio::select! {
-        joined = &mut job => Some(joined),
-        _ = tokio::time::sleep(task.timeout) => None,
-        _ = token.cancelled() => {
-            // Give a cooperative handler a moment to return on its own.
-            tokio::time::timeout(CANCEL_GRACE, &mut job).await.ok()
-        }
-    };
-    let result = match result {
-        Some(joined) => joined,
-        None => {
-            job.abort();
-            return match stop_reason() {
-                Some(StopReason::LeaseLost) => None,
-                Some(StopReason::Cancelled) => Some(Outcome::Cancelled(
-                    "cancelled while running; the handler was stopped".to_owned(),
-                )),
-                None => Some(retry_outcome(
-                    task,
-                    HandlerError::retry(format!("timed out after {} ms", task.timeout.as_millis())),
-                )),
+    // Polled once here: a handler that finishes without waiting (most do) costs no task of its
+    // own. One that waits goes on in a task of its own, so that the timeout and cancellation
+    // below are watched even while the handler hogs a thread.
+    let result = match futures::poll!(&mut call) {
+        Poll::Ready(result) => result.map_err(|panic| panic_message(&*panic)),
+        Poll::Pending => {
+            let mut job = tokio::spawn(call.instrument(span.clone()));
+            let result = tokio::select! {
+                joined = &mut job => Some(joined),
+                _ = timeout => None,
+                _ = token.cancelled() => {
+                    // Give a cooperative handler a moment to return on its own.
+                    tokio::time::timeout(CANCEL_GRACE, &mut job).await.ok()
+                }
             };
+            match result {
+                Some(Ok(result)) => result.map_err(|panic| panic_message(&*panic)),
+                Some(Err(join_error)) => Err(join_error.to_string()),
+                None => {
+                    job.abort();
+                    return match stop_reason() {
+                        Some(StopReason::LeaseLost) => None,
+                        Some(StopReason::Cancelled) => Some(Outcome::Cancelled(
+                            "cancelled while running; the handler was stopped".to_owned(),
+                        )),
+                        None => Some(retry_outcome(
+                            task,
+                            HandlerError::retry(format!(
+                                "timed out after {} ms",
+                                task.timeout.as_millis()
+                            )),
+                        )),
+                    };
+                }
+            }
         }
     };
     match stop_reason() {
@@ -504,11 +568,19 @@ async fn execute(
         Ok(Ok(output)) => Outcome::Succeeded(output),
         Ok(Err(HandlerError::Permanent(message))) => Outcome::Failed(message),
         Ok(Err(error)) => retry_outcome(task, error),
-        Err(join_error) => retry_outcome(
-            task,
-            HandlerError::retry(format!("handler panicked: {join_error}")),
-        ),
+        Err(panic) => retry_outcome(task, HandlerError::retry(format!("handler {panic}"))),
     })
+}
+
+/// A caught panic, described as a task's panic is: `panicked with message "..."`.
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(message) = payload.downcast_ref::<&str>() {
+        format!("panicked with message {message:?}")
+    } else if let Some(message) = payload.downcast_ref::<String>() {
+        format!("panicked with message {message:?}")
+    } else {
+        "panicked".to_owned()
+    }
 }
 
 fn retry_outcome(task: &ClaimedTask, error: HandlerError) -> Outcome {
@@ -522,41 +594,56 @@ fn retry_outcome(task: &ClaimedTask, error: HandlerError) -> Outcome {
 }
 
 /// Group commit for outcomes: every outcome waiting at that moment goes in one script call
-/// per queue. A failed write is retried (the fencing token makes that safe) until it lands.
-async fn write_outcomes(
-    shared: Arc<Shared>,
-    mut receiver: mpsc::Receiver<(Completion, oneshot::Sender<bool>)>,
-) {
+/// per queue. A failed write is retried (the fencing token makes that safe) until it lands;
+/// then each task is finished (see [`Pending`]).
+async fn write_outcomes(shared: Arc<Shared>, mut receiver: mpsc::Receiver<(Completion, Pending)>) {
     let broker = shared.broker.clone();
     let executor_id = shared.executor_id.clone();
     let outage = shared.outage.clone();
-    let redis_errors = shared.metrics.redis_errors.clone();
+    let running = shared.running.clone();
+    let metrics = shared.metrics.clone();
     // Drop our handle on the shared state so the channel can close at shutdown.
     drop(shared);
     let mut batch = Vec::with_capacity(OUTCOME_BATCH);
+    let mut completions = Vec::with_capacity(OUTCOME_BATCH);
+    let mut pending = Vec::with_capacity(OUTCOME_BATCH);
     loop {
         if receiver.recv_many(&mut batch, OUTCOME_BATCH).await == 0 {
             return;
         }
-        let (completions, replies): (Vec<Completion>, Vec<oneshot::Sender<bool>>) =
-            batch.drain(..).unzip();
+        for (completion, waiting) in batch.drain(..) {
+            completions.push(completion);
+            pending.push(waiting);
+        }
         let mut delay = Duration::from_millis(50);
-        loop {
+        let written = loop {
             match broker.complete(&executor_id, &completions).await {
                 Ok(written) => {
                     outage.succeeded();
-                    for (reply, ok) in replies.into_iter().zip(written) {
-                        let _ = reply.send(ok);
-                    }
-                    break;
+                    break written;
                 }
                 Err(error) => {
-                    redis_errors.inc();
+                    metrics.redis_errors.inc();
                     outage.failed("write outcomes", &error);
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(2));
                 }
             }
+        };
+        for (i, (completion, Pending { span, turn })) in
+            completions.drain(..).zip(pending.drain(..)).enumerate()
+        {
+            if written.get(i) == Some(&false) {
+                metrics.fenced_outcomes.inc();
+                span.in_scope(|| {
+                    tracing::warn!(
+                        "outcome rejected: this attempt had lost its lease to a newer one"
+                    );
+                });
+            }
+            finish(&running, &metrics, &completion.id);
+            drop(turn);
+            drop(span);
         }
     }
 }

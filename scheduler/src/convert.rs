@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tarefa_proto as pb;
 use tarefa_queue::{AttemptError, Backoff, NewTask, TaskId, TaskRecord, TaskState};
 
-use crate::config::Config;
+use crate::config::{Config, QueueDefaults};
 use crate::error::Error;
 
 /// Longest delay or distance to `run_at` accepted: one year.
@@ -32,9 +32,18 @@ pub(crate) fn now_ms() -> u64 {
 
 /// The queue name of a request: empty means `default`.
 pub(crate) fn queue_name(queue: &str, config: &Config, field: &str) -> Result<String, Error> {
+    queue_name_for(queue, config, || field.to_owned())
+}
+
+/// [`queue_name`], naming the field (built only for an error) with `field`.
+fn queue_name_for(
+    queue: &str,
+    config: &Config,
+    field: impl FnOnce() -> String,
+) -> Result<String, Error> {
     let queue = if queue.is_empty() { "default" } else { queue };
     tarefa_queue::validate_queue_name(queue, config.max_queue_name_len).map_err(|e| match e {
-        tarefa_queue::Error::InvalidArgument { reason, .. } => invalid(field, reason),
+        tarefa_queue::Error::InvalidArgument { reason, .. } => invalid(&field(), reason),
         other => Error::Queue(other),
     })?;
     Ok(queue.to_owned())
@@ -48,15 +57,20 @@ pub(crate) fn task_id(text: &str) -> Result<TaskId, Error> {
     Ok(TaskId::parse(text)?)
 }
 
-/// Validates one submit; `prefix` is `""` for SubmitTask and `"tasks[i]."` in a batch.
+/// Validates one submit; `index` is `None` for SubmitTask and `Some(i)` for `tasks[i]` in a
+/// batch, whose fields an error names `tasks[i].<field>`.
 pub(crate) fn new_task(
     request: pb::SubmitTaskRequest,
     config: &Config,
-    prefix: &str,
+    index: Option<usize>,
     traceparent: String,
 ) -> Result<NewTask, Error> {
-    let field = |name: &str| format!("{prefix}{name}");
-    let queue = queue_name(&request.queue, config, &field("queue"))?;
+    // Only errors name a field, so the name is only built for one.
+    let field = |name: &str| match index {
+        Some(i) => format!("tasks[{i}].{name}"),
+        None => name.to_owned(),
+    };
+    let queue = queue_name_for(&request.queue, config, || field("queue"))?;
     let task_type = request.task_type;
     if task_type.is_empty() {
         return Err(invalid(&field("task_type"), "is required"));
@@ -119,7 +133,8 @@ pub(crate) fn new_task(
             ));
         }
     };
-    let queue_defaults = config.defaults_for(&queue).cloned().unwrap_or_default();
+    let no_defaults = QueueDefaults::default();
+    let queue_defaults = config.defaults_for(&queue).unwrap_or(&no_defaults);
     let max_attempts = match request.max_attempts {
         0 => queue_defaults
             .max_attempts

@@ -1,6 +1,7 @@
 //! The gRPC `tarefa.v1.Scheduler` service: each RPC validates, calls the queue layer, and
 //! converts back. Errors become statuses in one place (`error.rs`).
 
+use std::collections::HashMap;
 use std::pin::Pin;
 use std::time::Duration;
 
@@ -66,6 +67,38 @@ impl SchedulerService {
     }
 }
 
+/// The distinct (queue, task type) pairs of a batch (usually one), each with a count of 0,
+/// and each task's index into them: the submitted counters are then bumped once per pair,
+/// not once per task.
+fn kinds_of(tasks: &[tarefa_queue::NewTask]) -> (Vec<(String, String, u64)>, Vec<usize>) {
+    let mut kinds: Vec<(String, String, u64)> = Vec::new();
+    let mut index: HashMap<&str, HashMap<&str, usize>> = HashMap::new();
+    let mut last: Option<(&str, &str, usize)> = None;
+    let kind_of = tasks
+        .iter()
+        .map(|t| {
+            let (queue, task_type) = (t.id.queue(), t.task_type.as_str());
+            if let Some((q, k, kind)) = last
+                && q == queue
+                && k == task_type
+            {
+                return kind;
+            }
+            let kind = *index
+                .entry(queue)
+                .or_default()
+                .entry(task_type)
+                .or_insert_with(|| {
+                    kinds.push((queue.to_owned(), task_type.to_owned(), 0));
+                    kinds.len() - 1
+                });
+            last = Some((queue, task_type, kind));
+            kind
+        })
+        .collect();
+    (kinds, kind_of)
+}
+
 type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::Task, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -77,7 +110,7 @@ impl pb::scheduler_server::Scheduler for SchedulerService {
         let span = Self::span("SubmitTask", request.metadata());
         async move {
             let traceparent = tarefa_telemetry::current_traceparent();
-            let task = new_task(request.into_inner(), &self.config, "", traceparent)
+            let task = new_task(request.into_inner(), &self.config, None, traceparent)
                 .inspect_err(|e| self.metrics.rejected(e))?;
             let span = tracing::Span::current();
             span.record("task_id", field::display(&task.id));
@@ -121,24 +154,21 @@ impl pb::scheduler_server::Scheduler for SchedulerService {
             let tasks = requests
                 .into_iter()
                 .enumerate()
-                .map(|(i, r)| {
-                    new_task(
-                        r,
-                        &self.config,
-                        &format!("tasks[{i}]."),
-                        traceparent.clone(),
-                    )
-                })
+                .map(|(i, r)| new_task(r, &self.config, Some(i), traceparent.clone()))
                 .collect::<Result<Vec<_>, _>>()
                 .inspect_err(|e| self.metrics.rejected(e))?;
-            let labels: Vec<(String, String)> = tasks
-                .iter()
-                .map(|t| (t.id.queue().to_owned(), t.task_type.clone()))
-                .collect();
+            let (mut kinds, kind_of) = kinds_of(&tasks);
             let submitted = self.broker.submit(tasks).await.map_err(Error::from)?;
-            for ((queue, task_type), s) in labels.iter().zip(&submitted) {
-                if !s.deduplicated {
-                    self.metrics.submitted(queue, task_type, 1);
+            for (&kind, s) in kind_of.iter().zip(&submitted) {
+                if !s.deduplicated
+                    && let Some((_, _, n)) = kinds.get_mut(kind)
+                {
+                    *n += 1;
+                }
+            }
+            for (queue, task_type, n) in &kinds {
+                if *n > 0 {
+                    self.metrics.submitted(queue, task_type, *n);
                 }
             }
             tracing::debug!(count = submitted.len(), "tasks submitted");
