@@ -566,6 +566,40 @@ async fn record_latencies(
 }
 
 /// `VmHWM` (peak) and `VmRSS` (now) of a process, in KiB.
+/// What a submit's latency cannot go below, measured after the run on the same connections:
+/// a unary RPC the scheduler answers without Redis (`GetTask` of a malformed id, refused by
+/// validation), and a Redis round trip (`PING`). A submit is one of each plus the script.
+async fn latency_floors(client: &Client, probe: &Probe) -> anyhow::Result<Value> {
+    const CALLS: usize = 200;
+    let mut rpc = Vec::with_capacity(CALLS);
+    let mut redis = Vec::with_capacity(CALLS);
+    let mut raw = client.raw();
+    for _ in 0..CALLS {
+        let started = Instant::now();
+        let answer = raw
+            .get_task(pb::GetTaskRequest {
+                task_id: String::new(),
+            })
+            .await;
+        rpc.push(started.elapsed().as_micros() as u64);
+        match answer {
+            Err(status) if status.code() == tonic::Code::InvalidArgument => {}
+            other => anyhow::bail!("GetTask of an empty id answered {other:?}"),
+        }
+        let started = Instant::now();
+        probe.ping().await?;
+        redis.push(started.elapsed().as_micros() as u64);
+    }
+    rpc.sort_unstable();
+    redis.sort_unstable();
+    Ok(json!({
+        "rpc_without_redis_p50": ms(percentile(&rpc, 0.50)),
+        "rpc_without_redis_p99": ms(percentile(&rpc, 0.99)),
+        "redis_ping_p50": ms(percentile(&redis, 0.50)),
+        "redis_ping_p99": ms(percentile(&redis, 0.99)),
+    }))
+}
+
 fn memory_kib(pid: u32) -> (u64, u64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let field = |name: &str| {
@@ -744,6 +778,7 @@ async fn throughput_mode(
     let mut calls = submitted.call_latencies_us;
     calls.sort_unstable();
     let (to_start, to_finish) = record_latencies(&clients[0], submitted.sampled_ids).await?;
+    let floors = latency_floors(&clients[0], probe).await?;
     let raw = if args.raw_tasks > 0 {
         Some(
             tarefa_queue::bench::raw_ceiling(
@@ -780,6 +815,7 @@ async fn throughput_mode(
             "p99": percentile(&to_finish, 0.99),
             "samples": to_finish.len(),
         },
+        "floor_ms": floors,
         "memory": memory,
         "redis": redis_cost(&before, &after, total, polls),
         "cpu_us_per_task": cpu_per_task(&cpu_before, &cpu_after, total),

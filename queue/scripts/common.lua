@@ -51,8 +51,10 @@ end
 local function count(field, n, now)
   redis.call('HINCRBY', STATS, field, n)
   local bucket = base .. 'm:' .. math.floor(now / 60000)
-  redis.call('HINCRBY', bucket, field, n)
-  redis.call('PEXPIRE', bucket, 7200000)
+  -- The bucket's first count of this field sets its expiry; later ones need not.
+  if redis.call('HINCRBY', bucket, field, n) == n then
+    redis.call('PEXPIRE', bucket, 7200000)
+  end
 end
 
 -- Removes a stream entry: acknowledged (leaves the group's pending list) and deleted (leaves

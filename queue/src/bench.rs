@@ -139,6 +139,17 @@ impl Probe {
         })
     }
 
+    /// One `PING`: with many, the round trip to Redis that every command pays.
+    pub async fn ping(&self) -> Result<()> {
+        let mut con = self.con.clone();
+        bounded(
+            self.timeout,
+            redis::cmd("PING").query_async::<String>(&mut con),
+        )
+        .await?;
+        Ok(())
+    }
+
     /// Reads the command, CPU and memory counters.
     pub async fn snapshot(&self) -> Result<RedisSnapshot> {
         let mut con = self.con.clone();
