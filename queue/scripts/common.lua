@@ -66,6 +66,24 @@ local function drop_entry(entry)
   end
 end
 
+-- The consumer group's row of XINFO GROUPS (a flat field/value list), or nil.
+local function group_info()
+  local ok, groups = pcall(redis.call, 'XINFO', 'GROUPS', STREAM)
+  if not ok then return nil end
+  for _, g in ipairs(groups) do
+    if entry_field(g, 'name') == GROUP then return g end
+  end
+  return nil
+end
+
+-- Entries waiting to be delivered: the group's lag, or, when Redis cannot tell it (an entry
+-- not yet delivered was deleted), the stream's length less the pending entries.
+local function waiting_count(info, length, pending)
+  local lag = info and entry_field(info, 'lag')
+  if lag then return tonumber(lag) end
+  return math.max(0, length - pending)
+end
+
 -- Puts a task at the end of the stream and marks it QUEUED.
 local function enqueue(id, key, now)
   local entry = redis.call('XADD', STREAM, '*', 'id', id)

@@ -1,26 +1,17 @@
 -- Reads one queue's counts for ListQueues. ARGV: none.
--- Returns {stream length, pending, oldest waiting age (ms), running, scheduled, retrying, dead,
--- paused, stats (flat hash), executors (flat hash), succeeded per minute (60, oldest first),
--- failed per minute (60), ms into the current minute}.
+-- Returns {waiting (not yet delivered), pending, oldest waiting age (ms), running, scheduled,
+-- retrying, dead, paused, stats (flat hash), executors (flat hash), succeeded per minute (60,
+-- oldest first), failed per minute (60), ms into the current minute}.
+-- The stream may also hold acknowledged entries not yet trimmed (see complete.lua), so the
+-- waiting count is the group's lag, not the stream's length.
 local now = now_ms()
 local length = redis.call('XLEN', STREAM)
-local pending = 0
-local last_delivered = nil
-local ok, summary = pcall(redis.call, 'XPENDING', STREAM, GROUP)
-if ok then pending = tonumber(summary[1]) or 0 end
-local ok2, groups = pcall(redis.call, 'XINFO', 'GROUPS', STREAM)
-if ok2 then
-  for _, g in ipairs(groups) do
-    local name, last
-    for i = 1, #g, 2 do
-      if g[i] == 'name' then name = g[i + 1] end
-      if g[i] == 'last-delivered-id' then last = g[i + 1] end
-    end
-    if name == GROUP then last_delivered = last end
-  end
-end
+local info = group_info()
+local pending = info and tonumber(entry_field(info, 'pending')) or 0
+local last_delivered = info and entry_field(info, 'last-delivered-id')
+local waiting = waiting_count(info, length, pending)
 local oldest = 0
-if length > pending then
+if waiting > 0 then
   local first
   if last_delivered then
     first = redis.call('XRANGE', STREAM, '(' .. last_delivered, '+', 'COUNT', 1)
@@ -39,6 +30,6 @@ for m = minute - 59, minute do
   succeeded[#succeeded + 1] = tonumber(b[1]) or 0
   failed[#failed + 1] = tonumber(b[2]) or 0
 end
-return {length, pending, oldest, pending, redis.call('ZCARD', SCHEDULED),
+return {waiting, pending, oldest, pending, redis.call('ZCARD', SCHEDULED),
   redis.call('ZCARD', RETRYING), redis.call('ZCARD', DEAD), redis.call('EXISTS', PAUSED),
   redis.call('HGETALL', STATS), redis.call('HGETALL', EXECUTORS), succeeded, failed, now % 60000}

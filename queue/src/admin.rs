@@ -192,7 +192,7 @@ impl Broker {
             )));
         }
         let count = |i: usize| -> Result<u64> { Ok(redis::from_redis_value_ref(&reply[i])?) };
-        let (length, pending, oldest, running, scheduled, retrying, dead, paused) = (
+        let (waiting, _pending, oldest, running, scheduled, retrying, dead, paused) = (
             count(0)?,
             count(1)?,
             count(2)?,
@@ -232,7 +232,7 @@ impl Broker {
         let stat = |name: &str| stats.get(name).copied().unwrap_or(0);
         Ok(QueueStats {
             name: queue.to_owned(),
-            queued: length.saturating_sub(pending),
+            queued: waiting,
             running,
             scheduled,
             retrying,
@@ -379,8 +379,9 @@ impl Broker {
         };
         let command = match state {
             // The stream holds the waiting and the running tasks (a running task's lease is
-            // its entry's place in the group's pending list): the newest entries for QUEUED,
-            // the oldest for RUNNING; the caller keeps the records in the state it asked for.
+            // its entry's place in the group's pending list), and finished ones not yet
+            // trimmed: the newest entries for QUEUED, the oldest for RUNNING; the caller keeps
+            // the records in the state it asked for.
             TaskState::Queued | TaskState::Running => {
                 let mut command = if state == TaskState::Queued {
                     redis::cmd("XREVRANGE")

@@ -798,3 +798,45 @@ async fn retry_dead_tasks_requeues_each_once() -> anyhow::Result<()> {
     assert_eq!(h.client.retry_dead("nothing-here").await?, 0);
     Ok(())
 }
+
+/// Finished entries leave the stream by trimming behind the oldest running task, never by
+/// being counted as waiting: while a long task pins the trim point the finished entries stay
+/// (and the queue still reads 0 queued, 1 running); once it ends, the stream empties.
+#[tokio::test]
+async fn finished_entries_are_trimmed_and_never_counted_as_queued() -> anyhow::Result<()> {
+    let h = Harness::builder().executors(1).start().await?;
+    let long = h.client.submit(Sleep { ms: 3000 }).await?;
+    wait_state(&h, long.id(), TaskState::Running, Duration::from_secs(10)).await;
+    let quick = h
+        .client
+        .submit_many((0..40).map(|_| Sleep { ms: 1 }), &SubmitOptions::default())
+        .await?;
+    for task in &quick {
+        h.wait_final(task.id(), Duration::from_secs(20)).await;
+    }
+    let length = || -> anyhow::Result<u64> {
+        let mut con = h.redis.connection();
+        Ok(redis::cmd("XLEN")
+            .arg("tarefa:{default}:stream")
+            .query(&mut con)?)
+    };
+    let q = queue_stats(&h, "default").await.expect("default queue");
+    assert_eq!(
+        (q.queued, q.running),
+        (0, 1),
+        "finished entries are not waiting"
+    );
+    assert!(
+        length()? > 1,
+        "the running task pins the trim point, so finished entries wait behind it"
+    );
+    let task = h.wait_final(long.id(), Duration::from_secs(20)).await;
+    assert_eq!(task.state(), TaskState::Succeeded);
+    // The next outcome trims everything before the first entry not yet delivered.
+    let next = h.client.submit(Sleep { ms: 1 }).await?;
+    h.wait_final(next.id(), Duration::from_secs(20)).await;
+    assert_eq!(length()?, 0, "the stream holds no finished entry");
+    let q = queue_stats(&h, "default").await.expect("default queue");
+    assert_eq!((q.queued, q.running, q.succeeded_total), (0, 0, 42));
+    Ok(())
+}
