@@ -249,7 +249,7 @@ impl Metrics {
         let repaired = Family::<KindLabels, Counter>::default();
         registry.register(
             "tarefa_executor_reconciler_repairs",
-            "Inconsistencies repaired by the reconciler, by kind",
+            "Inconsistencies repaired by the reclaim and reconciler passes, by kind",
             repaired.clone(),
         );
         Self {
