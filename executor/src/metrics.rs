@@ -89,71 +89,29 @@ pub(crate) struct TaskSeries<'a> {
     metrics: &'a TaskMetrics,
 }
 
-impl TaskSeries<'_> {
-    pub(crate) fn started(&self) -> &Counter {
-        series(
-            &self.metrics.started,
-            &self.families.started,
-            &self.metrics.labels,
-        )
-    }
-
-    pub(crate) fn succeeded(&self) -> &Counter {
-        series(
-            &self.metrics.succeeded,
-            &self.families.succeeded,
-            &self.metrics.labels,
-        )
-    }
-
-    pub(crate) fn failed(&self) -> &Counter {
-        series(
-            &self.metrics.failed,
-            &self.families.failed,
-            &self.metrics.labels,
-        )
-    }
-
-    pub(crate) fn retried(&self) -> &Counter {
-        series(
-            &self.metrics.retried,
-            &self.families.retried,
-            &self.metrics.labels,
-        )
-    }
-
-    pub(crate) fn dead(&self) -> &Counter {
-        series(
-            &self.metrics.dead,
-            &self.families.dead,
-            &self.metrics.labels,
-        )
-    }
-
-    pub(crate) fn cancelled(&self) -> &Counter {
-        series(
-            &self.metrics.cancelled,
-            &self.families.cancelled,
-            &self.metrics.labels,
-        )
-    }
-
-    pub(crate) fn run_seconds(&self) -> &Histogram {
-        series(
-            &self.metrics.run_seconds,
-            &self.families.run_seconds,
-            &self.metrics.labels,
-        )
-    }
-
-    pub(crate) fn queue_wait_seconds(&self) -> &Histogram {
-        series(
-            &self.metrics.queue_wait_seconds,
-            &self.families.queue_wait_seconds,
-            &self.metrics.labels,
-        )
-    }
+/// One accessor per metric: its series for this task's (queue, task type), created on first use.
+macro_rules! task_series {
+    ($($name:ident: $metric:ty),* $(,)?) => {
+        impl TaskSeries<'_> {
+            $(
+                pub(crate) fn $name(&self) -> &$metric {
+                    series(&self.metrics.$name, &self.families.$name, &self.metrics.labels)
+                }
+            )*
+        }
+    };
 }
+
+task_series!(
+    started: Counter,
+    succeeded: Counter,
+    failed: Counter,
+    retried: Counter,
+    dead: Counter,
+    cancelled: Counter,
+    run_seconds: Histogram,
+    queue_wait_seconds: Histogram,
+);
 
 impl std::fmt::Debug for Metrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
