@@ -6,7 +6,6 @@ use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
-use std::task::Poll;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures::FutureExt;
@@ -517,43 +516,35 @@ async fn execute(
     };
     let timeout = tokio::time::sleep(task.timeout);
     // A panicking handler fails its attempt instead of the executor.
-    let mut call = AssertUnwindSafe(handler.call(payload, context)).catch_unwind();
+    let call = AssertUnwindSafe(handler.call(payload, context)).catch_unwind();
     let stop_reason = || reason.lock().ok().and_then(|r| *r);
-    // Polled once here: a handler that finishes without waiting (most do) costs no task of its
-    // own. One that waits goes on in a task of its own, so that the timeout and cancellation
-    // below are watched even while the handler hogs a thread.
-    let result = match futures::poll!(&mut call) {
-        Poll::Ready(result) => result.map_err(|panic| panic_message(&*panic)),
-        Poll::Pending => {
-            let mut job = tokio::spawn(call.instrument(span.clone()));
-            let result = tokio::select! {
-                joined = &mut job => Some(joined),
-                _ = timeout => None,
-                _ = token.cancelled() => {
-                    // Give a cooperative handler a moment to return on its own.
-                    tokio::time::timeout(CANCEL_GRACE, &mut job).await.ok()
-                }
+    // In a task of its own, always: the timeout and cancellation below are then watched even
+    // while a handler hogs its thread (polling it inline first would save a spawn but let a
+    // handler that blocks on its first poll outlive its timeout unnoticed).
+    let mut job = tokio::spawn(call.instrument(span.clone()));
+    let result = tokio::select! {
+        joined = &mut job => Some(joined),
+        _ = timeout => None,
+        _ = token.cancelled() => {
+            // Give a cooperative handler a moment to return on its own.
+            tokio::time::timeout(CANCEL_GRACE, &mut job).await.ok()
+        }
+    };
+    let result = match result {
+        Some(Ok(result)) => result.map_err(|panic| panic_message(&*panic)),
+        Some(Err(join_error)) => Err(join_error.to_string()),
+        None => {
+            job.abort();
+            return match stop_reason() {
+                Some(StopReason::LeaseLost) => None,
+                Some(StopReason::Cancelled) => Some(Outcome::Cancelled(
+                    "cancelled while running; the handler was stopped".to_owned(),
+                )),
+                None => Some(retry_outcome(
+                    task,
+                    HandlerError::retry(format!("timed out after {} ms", task.timeout.as_millis())),
+                )),
             };
-            match result {
-                Some(Ok(result)) => result.map_err(|panic| panic_message(&*panic)),
-                Some(Err(join_error)) => Err(join_error.to_string()),
-                None => {
-                    job.abort();
-                    return match stop_reason() {
-                        Some(StopReason::LeaseLost) => None,
-                        Some(StopReason::Cancelled) => Some(Outcome::Cancelled(
-                            "cancelled while running; the handler was stopped".to_owned(),
-                        )),
-                        None => Some(retry_outcome(
-                            task,
-                            HandlerError::retry(format!(
-                                "timed out after {} ms",
-                                task.timeout.as_millis()
-                            )),
-                        )),
-                    };
-                }
-            }
         }
     };
     match stop_reason() {
