@@ -12,11 +12,10 @@ local now = now_ms()
 local now_s = tostring(now)
 local out = {}
 local succeeded, failed = 0, 0
--- Successes, the common case, share batch-wide commands: one XACK (which also ends their
--- leases: a lease is the entry's place in the group's pending list) and one XDEL of their
--- entries, then their removal from the stream (below), one ZADD into DONE and one trim of it
--- (by the smallest TTL, as per-task trims would); per task: one HMGET, one HSET, one PEXPIRE,
--- the notify.
+-- Successes, the common case, share batch-wide commands: one XACK of their entries (which
+-- also ends their leases: a lease is the entry's place in the group's pending list), their
+-- removal from the stream (below), one ZADD into DONE and one trim of it (by the smallest TTL,
+-- as per-task trims would); per task: one HMGET, one HSET, one PEXPIRE, the notify.
 local ok_entries, ok_done = {}, {}
 -- Runs `command key [prefix...] values...` in slices, so a large batch never exceeds Lua's
 -- unpack limit (about 8000 values).
