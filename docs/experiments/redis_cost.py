@@ -1,0 +1,171 @@
+"""Redis's own work per task, in instructions, for the scripts of this version and for a
+prototype of a stream-native fast path. Instruction counts do not vary with a noisy machine,
+so this is how BENCHMARKS.md compares data layouts.
+
+    python3 -m venv /tmp/rc && /tmp/rc/bin/pip install redis
+    /tmp/rc/bin/python docs/experiments/redis_cost.py current --batch 8
+    /tmp/rc/bin/python docs/experiments/redis_cost.py fast-path --batch 8
+
+Each run starts its own redis-server (AOF everysec, as `tarefa dev`) on a free port under
+`valgrind --tool=callgrind`, submits tasks in batches of 100, reads, claims and completes them
+in batches of `--batch`, and prints the instructions per task. `current` drives the real
+scripts in queue/scripts; `fast-path` is a sketch, not Tarefa: the task's spec travels in the
+stream entry, the claim is the XREADGROUP itself (the pending list is the lease, its delivery
+count the attempt), and only the outcome writes a record, after a fence check on the pending
+list.
+"""
+
+import argparse
+import os
+import re
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+
+import redis
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SCRIPTS = os.path.join(ROOT, "queue", "scripts")
+PREFIX = "tarefa:{q}:"
+SPEC = (b"\x01\x04noop\x10application/json\x00\x00"
+        b"\x3700-0123456789abcdef0123456789abcdef-0123456789abcdef-01\x02{}")
+DAY_MS = 86_400_000
+
+FAST_PRELUDE = """
+local base = KEYS[1]
+local STREAM = base .. 'stream'
+local GROUP = 'executors'
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+"""
+FAST_SUBMIT = FAST_PRELUDE + """
+local out = {}
+for i = 1, #ARGV, 3 do
+  out[#out + 1] = redis.call('XADD', STREAM, '*', 's', ARGV[i], 'm', ARGV[i + 1], 't', ARGV[i + 2])
+end
+redis.call('HINCRBY', base .. 'stats', 'submitted', #out)
+return out
+"""
+FAST_COMPLETE = FAST_PRELUDE + """
+local executor, now_s = ARGV[1], tostring(now_ms())
+local out, acked, done = {}, {}, {}
+for i = 2, #ARGV, 3 do
+  local entry, ttl, body = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  local p = redis.call('XPENDING', STREAM, GROUP, entry, entry, 1, executor)
+  if #p == 1 then
+    local key = base .. 'r:' .. entry
+    redis.call('HSET', key, 'state', '4', 'res', body, 'ftime', now_s, 'att', p[1][4])
+    redis.call('PEXPIRE', key, ttl)
+    acked[#acked + 1] = entry
+    done[#done + 1] = now_s
+    done[#done + 1] = entry
+    out[#out + 1] = 1
+  else
+    out[#out + 1] = 0
+  end
+end
+if #acked > 0 then
+  redis.call('XACK', STREAM, GROUP, unpack(acked))
+  redis.call('ZADD', base .. 'done', unpack(done))
+  redis.call('HINCRBY', base .. 'stats', 'succeeded', #acked)
+  local pending = redis.call('XPENDING', STREAM, GROUP, '-', '+', 1)
+  if #pending > 0 then redis.call('XTRIM', STREAM, 'MINID', '~', pending[1][1]) end
+  redis.call('PUBLISH', base .. 'events', table.concat(acked, ' '))
+end
+return out
+"""
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def script(r, name):
+    with open(os.path.join(SCRIPTS, "common.lua")) as common, \
+            open(os.path.join(SCRIPTS, name)) as body:
+        return r.register_script(common.read() + "\n" + body.read())
+
+
+def run_current(r, tasks, batch):
+    submit, claim, complete = (script(r, n) for n in ("submit.lua", "claim.lua", "complete.lua"))
+    done = 0
+    while done < tasks:
+        args = [DAY_MS]
+        for i in range(100):
+            args += [f"{done + i:026d}", SPEC, 0, 3, DAY_MS, 0, ""]
+        submit(keys=[PREFIX], args=args)
+        for _ in range(0, 100, batch):
+            entries = r.xreadgroup("executors", "e1", {PREFIX + "stream": ">"}, count=batch)[0][1]
+            claim_args = ["e1", 3, 7 * DAY_MS]
+            for entry, fields in entries:
+                claim_args += [entry, fields[b"id"]]
+            rows = claim(keys=[PREFIX], args=claim_args)
+            outcome_args = [7 * DAY_MS, "e1"]
+            for row in rows:
+                outcome_args += [row[0], row[1], "ok", "null", 0]
+            assert all(x == 1 for x in complete(keys=[PREFIX], args=outcome_args))
+        done += 100
+
+
+def run_fast_path(r, tasks, batch):
+    submit, complete = r.register_script(FAST_SUBMIT), r.register_script(FAST_COMPLETE)
+    done = 0
+    while done < tasks:
+        submit(keys=[PREFIX], args=[SPEC, 3, DAY_MS] * 100)
+        for _ in range(0, 100, batch):
+            entries = r.xreadgroup("executors", "e1", {PREFIX + "stream": ">"}, count=batch)[0][1]
+            args = ["e1"]
+            for entry, _fields in entries:
+                args += [entry, DAY_MS, "null"]
+            assert all(x == 1 for x in complete(keys=[PREFIX], args=args))
+        done += 100
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("layout", choices=["current", "fast-path"])
+    parser.add_argument("--tasks", type=int, default=5000, help="a multiple of 100")
+    parser.add_argument("--batch", type=int, default=8, help="read/claim/complete batch")
+    args = parser.parse_args()
+    for tool in ("redis-server", "valgrind", "callgrind_annotate"):
+        if not shutil.which(tool):
+            raise SystemExit(f"{tool} is missing: apt-get install redis-server valgrind")
+    work = tempfile.mkdtemp(prefix="redis-cost-")
+    profile = os.path.join(work, "callgrind.out")
+    port = free_port()
+    server = subprocess.Popen(
+        ["valgrind", "--tool=callgrind", f"--callgrind-out-file={profile}", "redis-server",
+         "--port", str(port), "--save", "", "--appendonly", "yes", "--appendfsync", "everysec",
+         "--dir", work],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        r = redis.Redis(port=port)
+        for _ in range(100):
+            try:
+                r.ping()
+                break
+            except redis.ConnectionError:
+                time.sleep(0.1)
+        r.xgroup_create(PREFIX + "stream", "executors", "0", mkstream=True)
+        (run_current if args.layout == "current" else run_fast_path)(r, args.tasks, args.batch)
+    finally:
+        server.terminate()
+        server.wait()
+    totals = subprocess.run(["callgrind_annotate", profile], capture_output=True, text=True).stdout
+    match = re.search(r"([\d,]+) \(100.0%\)\s+PROGRAM TOTALS", totals)
+    if not match:
+        raise SystemExit("no callgrind totals: " + totals[:500])
+    instructions = int(match.group(1).replace(",", ""))
+    print(f"{args.layout}: {instructions / args.tasks / 1000:.0f} k instructions per task "
+          f"(batch {args.batch}, {args.tasks} tasks, including Redis's start and stop)")
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
