@@ -249,12 +249,11 @@ impl Broker {
             .arg(max_deliveries)
             .arg(self.config.dead_ttl.as_millis() as u64)
             .arg(limit);
-        let counts: Vec<u64> = self.timed(invocation.invoke_async(&mut con)).await?;
-        let at = |i: usize| counts.get(i).copied().unwrap_or(0);
+        let (taken_back, requeued, dropped) = self.timed(invocation.invoke_async(&mut con)).await?;
         Ok(ReclaimReport {
-            taken_back: at(0),
-            requeued: at(1),
-            dropped: at(2),
+            taken_back,
+            requeued,
+            dropped,
         })
     }
 
@@ -281,12 +280,12 @@ impl Broker {
         let mut con = self.con.clone();
         let mut invocation = self.scripts.reconcile.key(self.keys.queue_prefix(queue));
         invocation.arg(scan_count).arg(stale.as_millis() as u64);
-        let counts: Vec<u64> = self.timed(invocation.invoke_async(&mut con)).await?;
-        let at = |i: usize| counts.get(i).copied().unwrap_or(0);
+        let (running_without_lease, reindexed, consumers_removed) =
+            self.timed(invocation.invoke_async(&mut con)).await?;
         Ok(ReconcileReport {
-            running_without_lease: at(0),
-            reindexed: at(1),
-            consumers_removed: at(2),
+            running_without_lease,
+            reindexed,
+            consumers_removed,
         })
     }
 
