@@ -21,20 +21,16 @@ for _, p in ipairs(expired) do
   if #rows > 0 then id = entry_field(rows[1][2], 'id') end
   local key = record_key(id or '')
   local r = redis.call('HMGET', key, 'state', 'att', 'max', 'dlv', 'entry', 'cancel', 'exec')
-  if not id or r[5] ~= entry then
-    -- Leads to no task, or to a task that moved on to another entry.
-    drop_entry(entry)
+  -- Every idle entry leaves the pending list and the stream; what follows decides the task's fate.
+  drop_entry(entry)
+  if not id or r[5] ~= entry or (r[1] ~= S_QUEUED and r[1] ~= S_RUNNING) then
+    -- Leads to no task, or to a task that moved on to another entry or state.
     dropped = dropped + 1
   elseif r[1] == S_QUEUED then
-    drop_entry(entry)
     enqueue(id, key, now)
     requeued = requeued + 1
-  elseif r[1] ~= S_RUNNING then
-    drop_entry(entry)
-    dropped = dropped + 1
   else
     n = n + 1
-    drop_entry(entry)
     push_error(id, r[2], now, 'lease expired: executor ' .. (r[7] or '?') ..
       ' stopped renewing it (attempt ' .. r[2] .. ')')
     count('failed', 1, now)
