@@ -444,6 +444,28 @@ impl Client {
             attempt,
             fraction,
             message: message.to_owned(),
+            fencing_token: 0,
+        });
+        self.inner.clone().report_progress(message).await?;
+        Ok(())
+    }
+
+    /// Reports progress for the attempt holding `fencing_token` (`ExecuteRequest.fencing_token`):
+    /// unlike the attempt number, it never repeats for a task, so a report from an earlier run
+    /// is never taken for the current one's.
+    pub async fn report_progress_fenced(
+        &self,
+        task_id: &str,
+        fencing_token: u64,
+        fraction: f64,
+        message: &str,
+    ) -> Result<(), Error> {
+        let message = request(pb::ReportProgressRequest {
+            task_id: task_id.to_owned(),
+            attempt: 0,
+            fraction,
+            message: message.to_owned(),
+            fencing_token,
         });
         self.inner.clone().report_progress(message).await?;
         Ok(())

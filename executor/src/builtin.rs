@@ -13,7 +13,7 @@ pub const FIB_MAX_N: u64 = 10_000_000;
 
 /// Registers the demo handlers; `crash` only when `with_crash` is set.
 pub fn register(registry: &mut Registry, with_crash: bool) {
-    registry.handle::<Fib, _, _, _>(fib);
+    registry.handle_with_context::<Fib, _, _, _>(fib);
     registry.handle_with_context::<Sleep, _, _, _>(sleep);
     registry.handle::<Echo, _, _, HandlerError>(|args: Echo| async move { Ok(args.0) });
     registry.handle_with_context::<Flaky, _, _, _>(flaky);
@@ -32,16 +32,17 @@ pub fn register(registry: &mut Registry, with_crash: bool) {
     }
 }
 
-/// F(n), exactly, as a decimal string. Runs on the blocking pool: a large n is CPU work.
-async fn fib(args: Fib) -> Result<String, HandlerError> {
+/// F(n), exactly, as a decimal string. Runs on the blocking pool: a large n is CPU work, and
+/// its slot stays taken until the computation ends even if the attempt times out first.
+async fn fib(args: Fib, context: TaskContext) -> Result<String, HandlerError> {
     if args.n > FIB_MAX_N {
         return Err(HandlerError::permanent(format!(
             "n must be at most {FIB_MAX_N}"
         )));
     }
-    tokio::task::spawn_blocking(move || fibonacci(args.n).to_string())
+    context
+        .spawn_blocking(move || fibonacci(args.n).to_string())
         .await
-        .map_err(|e| HandlerError::retry(format!("fib computation failed: {e}")))
 }
 
 /// F(n) by fast doubling: F(2k) = F(k)(2F(k+1) - F(k)), F(2k+1) = F(k)^2 + F(k+1)^2.

@@ -33,9 +33,17 @@ pub struct Config {
     /// it back (ms). Heartbeats renew it every third of this (at most every 500 ms).
     #[arg(long, env = "TAREFA_LEASE_MS", default_value_t = 30_000)]
     pub lease_ms: u64,
-    /// Deliveries without an outcome (executor crashes) before a task is DEAD as poison.
-    #[arg(long, env = "TAREFA_MAX_DELIVERIES", default_value_t = 5)]
+    /// Deliveries without an outcome (executor crashes) before a task is DEAD as poison, at
+    /// least 1. A task's last allowed delivery runs alone on its executor (so with 1, every task
+    /// runs alone: for debugging a crashing handler only).
+    #[arg(long, env = "TAREFA_MAX_DELIVERIES", default_value_t = 5,
+          value_parser = clap::value_parser!(u32).range(1..))]
     pub max_deliveries: u32,
+    /// How often a task whose type this executor has no handler for is handed back (waiting
+    /// 0.5 s doubling to 30 s, not charged an attempt) before it is DEAD: room for a mixed
+    /// fleet mid-deploy. The default waits about 7 minutes in all.
+    #[arg(long, env = "TAREFA_NO_HANDLER_RETRIES", default_value_t = 20)]
+    pub no_handler_retries: u32,
     /// Most entries read from Redis at once.
     #[arg(long, env = "TAREFA_READ_BATCH", default_value_t = 128)]
     pub read_batch: usize,
@@ -85,6 +93,7 @@ impl Config {
             executor_id: None,
             lease_ms: 30_000,
             max_deliveries: 5,
+            no_handler_retries: 20,
             read_batch: 128,
             block_ms: 1000,
             redis_timeout_ms: 2000,

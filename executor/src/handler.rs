@@ -74,6 +74,7 @@ impl<E: std::error::Error + Send + Sync + 'static> From<E> for HandlerError {
 pub struct TaskContext {
     pub(crate) task_id: TaskId,
     pub(crate) attempt: u32,
+    pub(crate) fence: u64,
     pub(crate) max_attempts: u32,
     pub(crate) task_type: String,
     pub(crate) headers: HashMap<String, String>,
@@ -82,6 +83,9 @@ pub struct TaskContext {
     pub(crate) cancel: CancellationToken,
     pub(crate) broker: Broker,
     pub(crate) deadline_ms: u64,
+    /// The attempt's concurrency slot, shared with work it hands to other threads (see
+    /// [`TaskContext::spawn_blocking`]): the slot is free again only once every holder is done.
+    pub(crate) slot: Arc<tokio::sync::OwnedSemaphorePermit>,
 }
 
 impl fmt::Debug for TaskContext {
@@ -102,6 +106,30 @@ impl TaskContext {
     /// This attempt's number, from 1. Handlers must be idempotent: attempts can repeat.
     pub fn attempt(&self) -> u32 {
         self.attempt
+    }
+
+    /// This attempt's fencing token: larger than every earlier token of this task, never
+    /// repeated (the attempt number starts again after `RetryTask`; this does not). Store it
+    /// with side effects to reject writes of an older attempt.
+    pub fn fencing_token(&self) -> u64 {
+        self.fence
+    }
+
+    /// Runs CPU-bound or blocking `work` on the blocking thread pool. The attempt's slot stays
+    /// taken until `work` returns, even when the attempt times out or is cancelled first (a
+    /// thread cannot be stopped), so the executor never runs more than its concurrency.
+    pub async fn spawn_blocking<R: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> R + Send + 'static,
+    ) -> Result<R, HandlerError> {
+        let slot = self.slot.clone();
+        tokio::task::spawn_blocking(move || {
+            let result = work();
+            drop(slot);
+            result
+        })
+        .await
+        .map_err(|e| HandlerError::retry(format!("blocking work failed: {e}")))
     }
 
     /// Attempts allowed in all.
@@ -151,7 +179,12 @@ impl TaskContext {
     pub async fn progress(&self, fraction: f64, message: &str) {
         if let Err(error) = self
             .broker
-            .report_progress(&self.task_id, self.attempt, fraction, message)
+            .report_progress(
+                &self.task_id,
+                tarefa_queue::AttemptToken::Fence(self.fence),
+                fraction,
+                message,
+            )
             .await
         {
             tracing::debug!(task_id = %self.task_id, %error, "progress not recorded");

@@ -6,7 +6,13 @@
 //! - [`handler`]: the handler API ([`TaskContext`], [`HandlerError`], [`Registry`]).
 //! - [`builtin`]: the demo handlers (`fib`, `sleep`, `echo`, `flaky`, `fail`, `crash`).
 //! - [`remote`]: handlers in another process, any language, over gRPC or HTTP (`--handler`).
-//! - `worker`: read, claim, run, write outcomes, heartbeat, maintenance.
+//! - `worker`: the wiring of the parts below, under one cancellation token and task tracker.
+//! - `reader`: per queue, waits for a free slot, reads, claims, starts attempts.
+//! - `attempt`: one claimed task's run, owning its slot, lease registration, turn and outcome.
+//! - `leases`: the attempts held, keyed by task and fencing token.
+//! - `writer`: group commit of outcomes.
+//! - `heartbeat`: lease renewal; cancels, losses and pauses heard.
+//! - `maintenance`: promote, reclaim, reconcile.
 //! - `metrics`: Prometheus metrics, served on `--metrics-listen`.
 //!
 //! A custom executor is a few lines:
@@ -38,12 +44,18 @@
 //! # }
 //! ```
 
+mod attempt;
 pub mod builtin;
 mod config;
 pub mod handler;
+mod heartbeat;
+mod leases;
+mod maintenance;
 mod metrics;
+mod reader;
 pub mod remote;
 mod worker;
+mod writer;
 
 use std::future::Future;
 
@@ -85,6 +97,11 @@ pub async fn run(
     if config.concurrency == 0 {
         return Err(Error::Config("--concurrency must be at least 1".to_owned()));
     }
+    if config.max_deliveries == 0 {
+        return Err(Error::Config(
+            "--max-deliveries must be at least 1 (a task's first delivery is allowed)".to_owned(),
+        ));
+    }
     // `--handler` routes: on top of (and replacing) the caller's handlers of the same type.
     let mut registry = registry;
     remote::register(&mut registry, &config.handlers).map_err(|e| Error::Config(e.to_string()))?;
@@ -120,10 +137,11 @@ pub async fn run(
             let _ = axum::serve(listener, app).await;
         });
     }
-    let (stop_sender, stop) = tokio::sync::watch::channel(false);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let stopper = stop.clone();
     tokio::spawn(async move {
         shutdown.await;
-        let _ = stop_sender.send(true);
+        stopper.cancel();
     });
     worker::run(broker, config, registry, metrics, executor_id, stop).await;
     Ok(())

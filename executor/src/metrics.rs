@@ -36,6 +36,9 @@ pub struct Metrics {
     pub(crate) reclaimed: Counter,
     pub(crate) promoted: Counter,
     pub(crate) repaired: Family<KindLabels, Counter>,
+    pub(crate) outcomes_dropped: Counter,
+    pub(crate) released: Counter,
+    pub(crate) duplicate_deliveries: Counter,
 }
 
 /// The families labelled by queue and task type, with handles on their series resolved once
@@ -204,6 +207,18 @@ impl Metrics {
             "tarefa_executor_promoted",
             "Scheduled and retrying tasks moved into the stream"
         );
+        let outcomes_dropped = counter!(
+            "tarefa_executor_outcomes_dropped",
+            "Outcomes that could not be written (damaged record, or a write failing 5 times for another reason than an outage); the task is reclaimed when its lease runs out"
+        );
+        let released = counter!(
+            "tarefa_executor_released",
+            "Attempts handed back uncharged (no handler here, or unfinished at shutdown)"
+        );
+        let duplicate_deliveries = counter!(
+            "tarefa_executor_duplicate_deliveries",
+            "Claims delivered again while their attempt ran here, not started twice"
+        );
         let repaired = Family::<KindLabels, Counter>::default();
         registry.register(
             "tarefa_executor_reconciler_repairs",
@@ -230,6 +245,9 @@ impl Metrics {
             reclaimed,
             promoted,
             repaired,
+            outcomes_dropped,
+            released,
+            duplicate_deliveries,
         }
     }
 

@@ -10,7 +10,8 @@
 //!   `retry_after_ms` when set), FAIL a permanent failure. A gRPC error status or an unreachable
 //!   service is a failed attempt that is retried.
 //! - `resize=http://127.0.0.1:8080/tasks/resize`: the executor POSTs the payload with the
-//!   headers `content-type`, `tarefa-task-id`, `tarefa-attempt`, `tarefa-max-attempts`,
+//!   headers `content-type`, `tarefa-task-id`, `tarefa-attempt`, `tarefa-fencing-token`,
+//!   `tarefa-max-attempts`,
 //!   `tarefa-task-type`, `tarefa-queue`, `tarefa-deadline-ms` and `traceparent`. A 2xx answer's
 //!   body is the result; 408 and 429 are retried, any other 4xx is a permanent failure (the
 //!   request itself is wrong); 5xx, a timeout or a connection error is retried. On 429 and 503
@@ -261,7 +262,10 @@ fn outcome_of(target: &str, response: ExecuteResponse) -> Result<Vec<u8>, Handle
         Ok(ExecuteOutcome::Retry) => {
             let message = error("the remote handler asked for a retry");
             Err(if response.retry_after_ms > 0 {
-                HandlerError::retry_after(Duration::from_millis(response.retry_after_ms), message)
+                HandlerError::retry_after(
+                    Duration::from_millis(response.retry_after_ms).min(MAX_RETRY_AFTER),
+                    message,
+                )
             } else {
                 HandlerError::retry(message)
             })
@@ -302,6 +306,7 @@ impl Handler for GrpcHandler {
                     payload,
                     content_type: context.content_type().to_owned(),
                     attempt: context.attempt(),
+                    fencing_token: context.fencing_token(),
                     max_attempts: context.max_attempts(),
                     headers: context.headers().clone(),
                     deadline_ms: context.deadline_ms(),
@@ -393,6 +398,7 @@ impl HttpHandler {
             .header("tarefa-task-type", context.task_type())
             .header("tarefa-queue", context.task_id().queue())
             .header("tarefa-attempt", context.attempt())
+            .header("tarefa-fencing-token", context.fencing_token())
             .header("tarefa-max-attempts", context.max_attempts())
             .header("tarefa-deadline-ms", context.deadline_ms());
         let traceparent = tarefa_telemetry::current_traceparent();
@@ -576,6 +582,11 @@ mod tests {
                 Duration::from_millis(1500),
                 "busy"
             ))
+        );
+        // A handler cannot park a task for ever: the delay is capped as HTTP's Retry-After is.
+        assert_eq!(
+            outcome_of("t", response(ExecuteOutcome::Retry, "later", u64::MAX)),
+            Err(HandlerError::retry_after(MAX_RETRY_AFTER, "later"))
         );
         assert_eq!(
             outcome_of("t", response(ExecuteOutcome::Fail, "bad input", 0)),

@@ -1,12 +1,16 @@
 -- Claims stream entries an executor has just read: each task becomes RUNNING, its attempt
--- number (the fencing token) goes up by one, and its record is returned. The lease is the
--- entry's place in the group's pending list, which XREADGROUP has just given this executor:
--- its idle time is the lease's age (renew.lua resets it, reclaim.lua takes back entries idle
--- longer than the lease), so a claim writes no lease of its own.
--- ARGV: executor id, max deliveries, dead ttl (ms), then pairs of (entry id, task id).
--- Returns, per claimed task: id, attempt, spec (the immutable fields, packed), max attempts,
--- ms spent waiting since queued, deliveries without an outcome (more than 1: an earlier
--- delivery ended with its executor gone). Entries whose task is gone,
+-- number goes up by one and it gets a new fencing token (`f`, see next_fence: it only ever
+-- grows), and its record is returned. The lease is the entry's place in the group's pending
+-- list, which XREADGROUP has just given this executor: its idle time is the lease's age
+-- (renew.lua resets it, reclaim.lua takes back entries idle longer than the holder's lease,
+-- which this script records in LEASES), so a claim writes no lease of its own.
+-- ARGV: executor id, max deliveries (>= 1), dead ttl (ms), lease (ms), then pairs of
+-- (entry id, task id).
+-- A paused queue claims nothing: the entries go back to the end of the stream as they were,
+-- so no task starts once PauseQueue has answered, whatever an executor has heard so far.
+-- Returns {paused (0/1), rows}, a row per claimed task: id, attempt, spec (the immutable fields, packed), max attempts,
+-- ms spent waiting since queued, deliveries without an outcome (this one included; more than 1:
+-- an earlier delivery ended with its executor gone), fencing token. Entries whose task is gone,
 -- cancelled or superseded are acknowledged and skipped; a task delivered more than max
 -- deliveries times without an outcome is poison and goes DEAD.
 local executor = ARGV[1]
@@ -15,22 +19,39 @@ local dead_ttl = tonumber(ARGV[3])
 local now = now_ms()
 local now_s = tostring(now)
 local out = {}
+redis.call('HSET', LEASES, executor, ARGV[4])
 
--- The row returned for a claimed task, from the fields of the HMGET below.
-local function claimed_row(id, attempt, r, deliveries)
-  return {id, attempt, r[7] or '', r[5] or '1', math.max(0, now - (tonumber(r[8]) or now)),
-    deliveries}
+if redis.call('EXISTS', PAUSED) == 1 then
+  for i = 5, #ARGV, 2 do
+    local entry, id = ARGV[i], ARGV[i + 1]
+    local key = record_key(id)
+    local r = redis.call('HMGET', key, 'state', 'entry')
+    if r[1] == S_QUEUED and r[2] == entry then
+      drop_entry(entry)
+      enqueue(id, key, now)
+    end
+  end
+  flush_notifications()
+  return {1, {}}
 end
 
-for i = 4, #ARGV, 2 do
+-- The row returned for a claimed task, from the fields of the HMGET below.
+local function claimed_row(id, attempt, r, deliveries, fence)
+  return {id, attempt, r[7] or '', r[5] or '1', math.max(0, now - (tonumber(r[8]) or now)),
+    deliveries, fence}
+end
+
+for i = 5, #ARGV, 2 do
   local entry, id = ARGV[i], ARGV[i + 1]
   local key = record_key(id)
-  local r = redis.call('HMGET', key, 'state', 'entry', 'dlv', 'att', 'max', 'exec', 'spec',
-    'rtime')
+  local r = redis.call('HMGET', key, 'state', 'entry', 'dn', 'att', 'max', 'exec', 'spec',
+    'rtime', 'f', 'dlv')
   if r[1] == S_RUNNING and r[2] == entry and r[6] == executor then
-    -- This executor's own claim, retried because the first answer was lost (a timeout while
-    -- Redis was slow): hand the same attempt back instead of leaving it held by nobody.
-    out[#out + 1] = claimed_row(id, tonumber(r[4]), r, tonumber(r[3]) or 1)
+    -- This executor's own claim, delivered again: a retried claim whose first answer was lost
+    -- (a timeout while Redis was slow), or a re-delivery after the group was recreated. The
+    -- same attempt and token are handed back; the executor starts it only if it does not run
+    -- it already.
+    out[#out + 1] = claimed_row(id, tonumber(r[4]), r, tonumber(r[3]) or 1, r[9])
   elseif r[1] ~= S_QUEUED or r[2] ~= entry then
     -- Gone (expired, purged), cancelled, or a stale duplicate entry: drop it. Never drop the
     -- entry the record points at.
@@ -39,25 +60,26 @@ for i = 4, #ARGV, 2 do
       redis.call('XDEL', STREAM, entry)
     end
   else
-    local deliveries = (tonumber(r[3]) or 0) + 1
+    local deliveries = (tonumber(r[10]) or 0) + 1
     if deliveries > max_deliveries then
       drop_entry(entry)
       push_error(id, tonumber(r[4]) or 0, now, 'poison task: delivered ' .. (deliveries - 1) ..
         ' times without an outcome (its handler may crash the executor)')
       bury(id, key, now, dead_ttl)
     else
-      -- One HSET for the attempt and the state; the fields returned came with the HMGET above.
+      -- One HSET for the attempt, token and state; the fields returned came with the HMGET.
       local attempt = (tonumber(r[4]) or 0) + 1
+      local fence = next_fence(r[9])
       -- The last allowed delivery counts only once the executor runs the task alone (it
       -- calls alone.lua then): crashing while it waits for that is not this task's fault.
       local counted = deliveries
       if deliveries >= max_deliveries then counted = deliveries - 1 end
-      redis.call('HSET', key, 'att', attempt, 'state', S_RUNNING, 'dlv', counted,
-        'stime', now_s, 'exec', executor)
+      redis.call('HSET', key, 'att', attempt, 'f', fence, 'state', S_RUNNING, 'dlv', counted,
+        'dn', deliveries, 'stime', now_s, 'exec', executor)
       notify(id, S_RUNNING)
-      out[#out + 1] = claimed_row(id, attempt, r, deliveries)
+      out[#out + 1] = claimed_row(id, attempt, r, deliveries, fence)
     end
   end
 end
 flush_notifications()
-return out
+return {0, out}

@@ -11,6 +11,11 @@ local DONE = base .. 'done'
 local STATS = base .. 'stats'
 local EXECUTORS = base .. 'executors'
 local PAUSED = base .. 'paused'
+-- Consumer -> lease (ms) it holds its tasks under: reclaim judges a holder by its own terms.
+local LEASES = base .. 'leases'
+-- The serving clock: 'tick' (the last time a lease script ran) and 'up' (when the current
+-- serving period began). See serving_since().
+local CLOCK = base .. 'clock'
 
 -- Task states, numbered as in tarefa.v1.TaskState.
 local S_SCHEDULED, S_QUEUED, S_RUNNING, S_SUCCEEDED = '1', '2', '3', '4'
@@ -21,6 +26,36 @@ local MAX_ERRORS = 25
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- A new fencing token for a task whose last one was `previous`: larger than every token the
+-- task ever had, even across RetryTask (which resets the attempt number shown to users) and a
+-- restore of Redis from an older snapshot (the token is at least Redis's clock in
+-- microseconds, so one issued after the restore exceeds those issued before it).
+local function next_fence(previous)
+  local t = redis.call('TIME')
+  local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  local p = tonumber(previous) or 0
+  if p + 1 > now_us then now_us = p + 1 end
+  return string.format('%d', now_us)
+end
+
+-- Longest gap between two ticks of the serving clock that is still one serving period. Live
+-- executors tick it at every heartbeat (at most every 500 ms) and reclaim pass; a longer gap
+-- means Redis was down, frozen or restarted, or its clock jumped.
+local OUTAGE_GAP_MS = 1500
+
+-- Ticks the queue's serving clock and returns when the current serving period began (Redis
+-- time, ms), and whether the clock went backwards since the last tick. A lease is never
+-- judged expired before it has lasted a whole lease inside the current period: time that Redis
+-- was not serving does not count against a live holder, who could not renew.
+local function serving_since(now)
+  local c = redis.call('HMGET', CLOCK, 'tick', 'up')
+  local tick, up = tonumber(c[1]), tonumber(c[2])
+  local backwards = tick ~= nil and now < tick
+  if tick == nil or up == nil or backwards or now - tick > OUTAGE_GAP_MS then up = now end
+  redis.call('HSET', CLOCK, 'tick', now, 'up', up)
+  return up, backwards
 end
 
 -- The value of `name` in a flat list of field/value pairs (a stream entry, an XINFO row).

@@ -1,11 +1,11 @@
 -- Records the outcomes of a batch of attempts and acknowledges their entries.
 -- ARGV: dead ttl (ms), executor id, then 5 values per outcome:
---   id, attempt (the fencing token), kind (ok | retry | fail | cancel), result or error,
+--   id, fencing token (the claim's `f`), kind (ok | retry | fail | cancel), result or error,
 --   retry delay (ms).
--- An outcome is written only if the task is still RUNNING at that attempt: a late outcome
+-- An outcome is written only if the task is still RUNNING under that token: a late outcome
 -- from an executor that lost its lease is rejected. Returns 1 (written) or 0 (rejected) per
--- outcome, or 2 when this executor's attempt had already been recorded (a retried write whose
--- first answer was lost).
+-- outcome, -1 when the task's record is damaged, or 2 when this very outcome had already been recorded (`of`, the token of the
+-- recorded outcome, matches: a retried write whose first answer was lost).
 local dead_ttl = tonumber(ARGV[1])
 local executor = ARGV[2]
 local now = now_ms()
@@ -62,8 +62,10 @@ local min_ttl = nil
 for i = 3, #ARGV, 5 do
   local id, fence, kind, body, delay = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], tonumber(ARGV[i + 4])
   local key = record_key(id)
-  local r = redis.call('HMGET', key, 'state', 'att', 'entry', 'max', 'cancel', 'exec', 'ttl', 'err')
-  if r[1] ~= S_RUNNING and r[2] == fence and r[6] == executor then
+  local r = redis.call('HMGET', key, 'state', 'f', 'entry', 'max', 'cancel', 'exec', 'ttl', 'err',
+    'of', 'att')
+  local attempt = r[10]
+  if r[9] == fence and r[6] == executor then
     out[#out + 1] = 2
   elseif r[1] ~= S_RUNNING or r[2] ~= fence then
     out[#out + 1] = 0
@@ -77,23 +79,27 @@ for i = 3, #ARGV, 5 do
     if min_ttl == nil or ttl_ms < min_ttl then min_ttl = ttl_ms end
     -- 'entry' is emptied in the same HSET rather than deleted: every reader treats '' as none.
     redis.call('HSET', key, 'dlv', '0', 'res', body, 'state', S_SUCCEEDED, 'ftime', now_s,
-      'entry', '')
+      'entry', '', 'of', fence)
     redis.call('PEXPIRE', key, ttl)
     -- The errors list exists only once an attempt failed, and then 'err' is set.
     if r[8] then redis.call('PEXPIRE', errors_key(id), ttl) end
     notify(id, S_SUCCEEDED)
     succeeded = succeeded + 1
+  elseif not tonumber(r[4]) or not tonumber(attempt) then
+    -- A damaged record: reported (-1), never guessed at. Its lease runs out and reclaim.lua
+    -- buries it with the reason.
+    out[#out + 1] = -1
   else
     out[#out + 1] = 1
     drop_entry(r[3])
-    redis.call('HSET', key, 'dlv', 0)
+    redis.call('HSET', key, 'dlv', 0, 'of', fence)
     if kind == 'cancel' then
-      push_error(id, fence, now, body)
+      push_error(id, attempt, now, body)
       finish(id, key, S_CANCELLED, now)
     else
       failed = failed + 1
-      push_error(id, fence, now, body)
-      if kind == 'fail' or tonumber(fence) >= tonumber(r[4]) then
+      push_error(id, attempt, now, body)
+      if kind == 'fail' or tonumber(attempt) >= tonumber(r[4]) then
         bury(id, key, now, dead_ttl)
       elseif r[5] == '1' then
         finish(id, key, S_CANCELLED, now)

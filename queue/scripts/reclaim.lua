@@ -1,18 +1,47 @@
 -- Takes back tasks whose lease expired (their executor died or stalled). A lease is the task's
 -- entry in the consumer group's pending list; it expires when the entry has been idle (not
--- renewed by its executor's heartbeat) longer than the lease, as XPENDING's IDLE filter sees.
+-- renewed by its holder's heartbeat) longer than the holder's own lease (LEASES, written by
+-- its claims and heartbeats; the caller's lease only for a consumer that never recorded one),
+-- counting only time inside the current serving period (serving_since): after Redis was down,
+-- frozen or restarted, every holder gets a whole lease to renew before anything is taken.
 -- Each task taken back has its attempt counted as failed; it is queued again, or DEAD when it
 -- has no attempts left or was delivered max deliveries times without an outcome (a poison
 -- task). An idle entry that was read but never claimed (its executor died in between) is
 -- queued again as it was; one that leads to no task is dropped. Safe to run on every executor
 -- at once: the script is atomic and drops each entry it handles.
--- ARGV: lease (ms), max deliveries, dead ttl (ms), limit.
+-- ARGV: fallback lease (ms), max deliveries, dead ttl (ms), limit.
 -- Returns {running tasks taken back, unclaimed entries queued again, entries dropped}.
-local lease, max_deliveries = ARGV[1], tonumber(ARGV[2])
-local dead_ttl, limit = tonumber(ARGV[3]), ARGV[4]
-local ok, expired = pcall(redis.call, 'XPENDING', STREAM, GROUP, 'IDLE', lease, '-', '+', limit)
-if not ok then return {0, 0, 0} end
+local fallback_lease, max_deliveries = tonumber(ARGV[1]), tonumber(ARGV[2])
+local dead_ttl, limit = tonumber(ARGV[3]), tonumber(ARGV[4])
 local now = now_ms()
+local up, backwards = serving_since(now)
+local ok, consumers = pcall(redis.call, 'XINFO', 'CONSUMERS', STREAM, GROUP)
+if not ok then return {0, 0, 0} end
+local expired = {}
+for _, c in ipairs(consumers) do
+  local name = entry_field(c, 'name')
+  local pending = tonumber(entry_field(c, 'pending')) or 0
+  if pending > 0 and #expired < limit then
+    if backwards then
+      -- Redis's clock went back: idle times measured from the old clock would keep the leases
+      -- of dead holders from expiring until it catches up. Every lease restarts from now.
+      local rows = redis.call('XPENDING', STREAM, GROUP, '-', '+', limit, name)
+      local args = {'XCLAIM', STREAM, GROUP, name, 0}
+      for _, p in ipairs(rows) do args[#args + 1] = p[1] end
+      args[#args + 1] = 'IDLE'
+      args[#args + 1] = 0
+      args[#args + 1] = 'JUSTID'
+      if #rows > 0 then redis.call(unpack(args)) end
+    else
+      local lease = tonumber(redis.call('HGET', LEASES, name)) or fallback_lease
+      if now - up >= lease then
+        local rows = redis.call('XPENDING', STREAM, GROUP, 'IDLE', lease, '-', '+',
+          limit - #expired, name)
+        for _, p in ipairs(rows) do expired[#expired + 1] = p end
+      end
+    end
+  end
+end
 local n, requeued, dropped = 0, 0, 0
 for _, p in ipairs(expired) do
   local entry = p[1]
@@ -31,13 +60,18 @@ for _, p in ipairs(expired) do
     requeued = requeued + 1
   else
     n = n + 1
-    push_error(id, r[2], now, 'lease expired: executor ' .. (r[7] or '?') ..
-      ' stopped renewing it (attempt ' .. r[2] .. ')')
+    local attempt = r[2] or '?'
+    push_error(id, attempt, now, 'lease expired: executor ' .. (r[7] or '?') ..
+      ' stopped renewing it (attempt ' .. attempt .. ')')
     count('failed', 1, now)
     if r[6] == '1' then
       finish(id, key, S_CANCELLED, now)
+    elseif not tonumber(r[2]) or not tonumber(r[3]) then
+      push_error(id, attempt, now, 'damaged task record: attempt ' .. tostring(r[2]) ..
+        ', max attempts ' .. tostring(r[3]))
+      bury(id, key, now, dead_ttl)
     elseif (tonumber(r[4]) or 0) >= max_deliveries then
-      push_error(id, r[2], now, 'poison task: delivered ' .. r[4] ..
+      push_error(id, attempt, now, 'poison task: delivered ' .. r[4] ..
         ' times without an outcome (its handler may crash the executor)')
       bury(id, key, now, dead_ttl)
     elseif tonumber(r[2]) >= tonumber(r[3]) then

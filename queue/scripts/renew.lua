@@ -1,23 +1,32 @@
 -- The executor's heartbeat for one queue: renews the leases of the tasks it runs, records that
--- it is alive, and tells it which of its tasks were cancelled or lost.
+-- it is alive and the lease it holds tasks under, ticks the serving clock, and tells it which
+-- of its tasks were cancelled or lost.
 -- A lease is the task's entry in the consumer group's pending list: one XCLAIM of them all by
 -- their own consumer, with no minimum idle time, resets their idle time to zero (JUSTID: the
--- delivery counters stay as they are). reclaim.lua takes back entries idle past the lease.
--- ARGV: executor id, host, in-flight count, then pairs of (task id, attempt).
--- Returns {paused (0/1), lost ids, cancelled ids}. A task is lost when it is no longer RUNNING
--- at that attempt (its lease expired and another executor took it).
+-- delivery counters stay as they are). reclaim.lua takes back entries idle past the holder's
+-- lease.
+-- ARGV: executor id, host, in-flight count, lease (ms), then pairs of (task id, fencing token).
+-- Returns {paused (0/1), lost (pairs of task id, token), cancelled (pairs of task id, token)}.
+-- A task is lost when it is no longer RUNNING under that token on this executor (its lease
+-- expired and it was taken back, or Redis was restored from an older snapshot).
 local executor = ARGV[1]
 local now = now_ms()
+serving_since(now)
 redis.call('HSET', EXECUTORS, executor, now .. '|' .. ARGV[2] .. '|' .. ARGV[3])
+redis.call('HSET', LEASES, executor, ARGV[4])
 local lost, cancelled, entries = {}, {}, {}
-for i = 4, #ARGV, 2 do
-  local id, attempt = ARGV[i], ARGV[i + 1]
-  local r = redis.call('HMGET', record_key(id), 'state', 'att', 'cancel', 'entry', 'exec')
-  if r[1] ~= S_RUNNING or r[2] ~= attempt or r[5] ~= executor then
+for i = 5, #ARGV, 2 do
+  local id, fence = ARGV[i], ARGV[i + 1]
+  local r = redis.call('HMGET', record_key(id), 'state', 'f', 'cancel', 'entry', 'exec')
+  if r[1] ~= S_RUNNING or r[2] ~= fence or r[5] ~= executor then
     lost[#lost + 1] = id
+    lost[#lost + 1] = fence
   else
     if r[4] and r[4] ~= '' then entries[#entries + 1] = r[4] end
-    if r[3] == '1' then cancelled[#cancelled + 1] = id end
+    if r[3] == '1' then
+      cancelled[#cancelled + 1] = id
+      cancelled[#cancelled + 1] = fence
+    end
   end
 end
 -- In slices, so a long list never exceeds Lua's unpack limit.

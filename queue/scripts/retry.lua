@@ -1,4 +1,5 @@
--- Requeues a DEAD or CANCELLED task from attempt 1. ARGV: task id.
+-- Requeues a DEAD or CANCELLED task from attempt 1 (the attempt number shown to users starts
+-- again; the fencing token 'f' does not, so no outcome of an earlier run can be recorded). ARGV: task id.
 -- Returns the state before the call ('' when the task does not exist).
 local id = ARGV[1]
 local key = record_key(id)
@@ -9,7 +10,7 @@ if state == S_DEAD or state == S_CANCELLED then
   redis.call('ZREM', DEAD, id)
   redis.call('ZREM', DONE, id)
   redis.call('HSET', key, 'att', 0, 'dlv', 0)
-  redis.call('HDEL', key, 'ftime', 'cancel', 'res', 'stime', 'exec', 'prog', 'pmsg')
+  redis.call('HDEL', key, 'ftime', 'cancel', 'res', 'stime', 'exec', 'prog', 'pmsg', 'dn', 'nh')
   redis.call('PERSIST', key)
   redis.call('PERSIST', errors_key(id))
   enqueue(id, key, now)

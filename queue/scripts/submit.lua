@@ -1,10 +1,11 @@
 -- Enqueues a batch of tasks into one queue.
--- ARGV: idempotency window (ms), then 7 values per task:
---   id, spec (the immutable fields, packed by the queue crate: never read here), run_at (ms,
---   0 = now), max attempts, result ttl (ms), priority, idempotency key.
+-- ARGV: idempotency window (ms), then 8 values per task:
+--   id, spec (the immutable fields, packed by the queue crate: never read here), run_at (Unix
+--   ms, 0 = none), delay (ms from now on Redis's clock, used when run_at is 0; 0 = now), max
+--   attempts, result ttl (ms), priority, idempotency key.
 -- Returns, per task: the task id (the earlier one when deduplicated) and 1 if deduplicated.
 local window = tonumber(ARGV[1])
-local per_task = 7
+local per_task = 8
 local n = (#ARGV - 1) / per_task
 local now = now_ms()
 local now_s = tostring(now)
@@ -13,7 +14,7 @@ local created = 0
 for i = 0, n - 1 do
   local o = 1 + i * per_task
   local id = ARGV[o + 1]
-  local idem = ARGV[o + 7]
+  local idem = ARGV[o + 8]
   local previous = false
   if idem ~= '' then
     local ikey = base .. 'i:' .. idem
@@ -27,22 +28,23 @@ for i = 0, n - 1 do
     out[#out + 1] = 1
   else
     local key = record_key(id)
-    local run_at = ARGV[o + 3]
-    local fields = {'spec', ARGV[o + 2], 'att', '0', 'max', ARGV[o + 4], 'ttl', ARGV[o + 5],
+    local run_at = tonumber(ARGV[o + 3])
+    if run_at == 0 then run_at = now + tonumber(ARGV[o + 4]) end
+    local fields = {'spec', ARGV[o + 2], 'att', '0', 'max', ARGV[o + 5], 'ttl', ARGV[o + 6],
       'ctime', now_s}
-    if ARGV[o + 6] ~= '0' then
+    if ARGV[o + 7] ~= '0' then
       fields[#fields + 1] = 'prio'
-      fields[#fields + 1] = ARGV[o + 6]
+      fields[#fields + 1] = ARGV[o + 7]
     end
     if idem ~= '' then
       fields[#fields + 1] = 'idem'
       fields[#fields + 1] = idem
     end
-    if tonumber(run_at) > now then
+    if run_at > now then
       fields[#fields + 1] = 'state'
       fields[#fields + 1] = S_SCHEDULED
       fields[#fields + 1] = 'rtime'
-      fields[#fields + 1] = run_at
+      fields[#fields + 1] = string.format('%d', run_at)
       redis.call('HSET', key, unpack(fields))
       redis.call('ZADD', SCHEDULED, run_at, id)
     else

@@ -30,15 +30,38 @@ impl std::fmt::Debug for Reader {
     }
 }
 
-/// What a heartbeat learned.
+/// What a heartbeat learned. Attempts are named by task and fencing token, so a lost older
+/// attempt is never mistaken for a newer one of the same task on the same executor.
 #[derive(Debug, Clone, Default)]
 pub struct RenewReply {
     /// The queue is paused: take no new tasks from it.
     pub paused: bool,
-    /// Tasks this executor no longer holds (their lease expired and they were taken back).
-    pub lost: Vec<TaskId>,
-    /// Tasks cancelled while running here.
-    pub cancelled: Vec<TaskId>,
+    /// Attempts this executor no longer holds (their lease expired and they were taken back).
+    pub lost: Vec<(TaskId, u64)>,
+    /// Attempts cancelled while running here.
+    pub cancelled: Vec<(TaskId, u64)>,
+}
+
+/// What a claim did with the entries just read.
+#[derive(Debug, Default)]
+pub struct Claimed {
+    /// The queue is paused: nothing was claimed, the entries went back to the stream.
+    pub paused: bool,
+    /// The tasks now RUNNING under this executor.
+    pub tasks: Vec<ClaimedTask>,
+}
+
+/// Why [`Broker::release`] hands running attempts back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Release {
+    /// The executor is stopping and its grace period ran out: queued again at once.
+    Shutdown,
+    /// The executor has no handler for the task's type: the task waits for one that has,
+    /// 0.5 s doubling to 30 s, and goes DEAD after `limit` such bounces.
+    NoHandler {
+        /// Bounces allowed before the task is DEAD.
+        limit: u32,
+    },
 }
 
 /// What one reclaim pass did with the entries idle past the lease.
@@ -89,21 +112,8 @@ impl Broker {
     /// stream's beginning, so tasks submitted before any executor existed are not skipped.
     pub async fn ensure_group(&self, queue: &str) -> Result<()> {
         let mut con = self.con.clone();
-        let created = self
-            .timed(
-                redis::cmd("XGROUP")
-                    .arg("CREATE")
-                    .arg(self.keys.queue_key(queue, STREAM))
-                    .arg(GROUP)
-                    .arg("0")
-                    .arg("MKSTREAM")
-                    .query_async::<()>(&mut con),
-            )
-            .await;
-        match created {
-            Err(Error::Redis(e)) if e.code() == Some("BUSYGROUP") => {}
-            other => other?,
-        }
+        let invocation = self.scripts.group.key(self.keys.queue_prefix(queue));
+        let _created: i64 = self.timed(invocation.invoke_async(&mut con)).await?;
         let mut con = self.con.clone();
         self.timed(
             redis::cmd("SADD")
@@ -119,29 +129,34 @@ impl Broker {
     /// entry's place in the consumer group's pending list, which the read has just started and
     /// [`Broker::renew`] keeps fresh. Entries that lead nowhere are acknowledged and skipped; a
     /// task delivered more than `max_deliveries` times without an outcome goes DEAD as poison.
+    /// `lease` is recorded as this executor's: reclaim judges its tasks by it, never by the
+    /// reclaimer's own setting.
     pub async fn claim(
         &self,
         queue: &str,
         executor_id: &str,
         max_deliveries: u32,
+        lease: Duration,
         entries: &[(String, String)],
-    ) -> Result<Vec<ClaimedTask>> {
+    ) -> Result<Claimed> {
         if entries.is_empty() {
-            return Ok(Vec::new());
+            return Ok(Claimed::default());
         }
         let mut invocation = self.scripts.claim.key(self.keys.queue_prefix(queue));
         invocation
             .arg(executor_id)
-            .arg(max_deliveries)
-            .arg(self.config.dead_ttl.as_millis() as u64);
+            .arg(max_deliveries.max(1))
+            .arg(self.config.dead_ttl.as_millis() as u64)
+            .arg(lease.as_millis() as u64);
         for (entry, local) in entries {
             invocation.arg(entry).arg(local);
         }
         let mut con = self.con.clone();
-        let rows: Vec<Vec<Value>> = self.timed(invocation.invoke_async(&mut con)).await?;
+        let (paused, rows): (i64, Vec<Vec<Value>>) =
+            self.timed(invocation.invoke_async(&mut con)).await?;
         // A damaged record must not hold up the rest of the batch: it is left RUNNING, so its
         // lease runs out and reclaim counts the lost deliveries until it goes DEAD as poison.
-        Ok(rows
+        let tasks = rows
             .into_iter()
             .filter_map(|row| match claimed_from_row(queue, row) {
                 Ok(task) => Some(task),
@@ -150,19 +165,22 @@ impl Broker {
                     None
                 }
             })
-            .collect())
+            .collect();
+        Ok(Claimed {
+            paused: paused == 1,
+            tasks,
+        })
     }
 
     /// Writes the outcomes of `executor_id`'s attempts (any mix of queues), one script call per
-    /// queue. Returns, in order, whether each was recorded; `false` means the attempt had lost
-    /// its lease (the fencing check rejected it) and the task's newer attempt stands. Safe to
-    /// retry after a timeout: an outcome already recorded for the same attempt counts as
-    /// recorded.
+    /// queue. Answers, in order, what became of each: a queue's call failing does not hold up
+    /// the others' (each outcome carries its own `Result`). Safe to retry after a timeout: an
+    /// outcome already recorded under the same token counts as recorded.
     pub async fn complete(
         &self,
         executor_id: &str,
         completions: &[Completion],
-    ) -> Result<Vec<bool>> {
+    ) -> Vec<Result<Written>> {
         let mut by_queue: HashMap<&str, Vec<usize>> = HashMap::new();
         for (index, completion) in completions.iter().enumerate() {
             by_queue
@@ -170,7 +188,7 @@ impl Broker {
                 .or_default()
                 .push(index);
         }
-        let mut written = vec![false; completions.len()];
+        let mut written: Vec<Option<Result<Written>>> = completions.iter().map(|_| None).collect();
         for (queue, indexes) in by_queue {
             let mut invocation = self.scripts.complete.key(self.keys.queue_prefix(queue));
             invocation
@@ -178,9 +196,7 @@ impl Broker {
                 .arg(executor_id);
             for &index in &indexes {
                 let completion = &completions[index];
-                invocation
-                    .arg(completion.id.local())
-                    .arg(completion.attempt);
+                invocation.arg(completion.id.local()).arg(completion.fence);
                 match &completion.outcome {
                     Outcome::Succeeded(result) => invocation.arg("ok").arg(result).arg(0),
                     Outcome::Retry { error, delay } => invocation
@@ -192,49 +208,121 @@ impl Broker {
                 };
             }
             let mut con = self.con.clone();
-            let reply: Vec<i64> = self.timed(invocation.invoke_async(&mut con)).await?;
-            for (&index, flag) in indexes.iter().zip(reply) {
-                written[index] = flag >= 1;
+            let reply: Result<Vec<i64>> = self.timed(invocation.invoke_async(&mut con)).await;
+            match reply {
+                Ok(flags) if flags.len() == indexes.len() => {
+                    for (&index, flag) in indexes.iter().zip(flags) {
+                        written[index] = Some(Written::from_flag(flag));
+                    }
+                }
+                Ok(flags) => {
+                    for &index in &indexes {
+                        written[index] = Some(Err(Error::Corrupt(format!(
+                            "complete script answered {} flags for {} outcomes",
+                            flags.len(),
+                            indexes.len()
+                        ))));
+                    }
+                }
+                Err(error) => {
+                    for &index in &indexes {
+                        written[index] = Some(Err(error.duplicate()));
+                    }
+                }
             }
         }
-        Ok(written)
+        written
+            .into_iter()
+            .map(|w| w.unwrap_or_else(|| Err(Error::Corrupt("outcome lost its answer".to_owned()))))
+            .collect()
     }
 
-    /// The heartbeat for one queue: records this executor as alive, renews the leases of the
-    /// tasks it runs there (`(task, attempt)` pairs: their entries' idle time in the group's
-    /// pending list goes back to zero), and reports lost and cancelled tasks and whether the
-    /// queue is paused.
+    /// Hands running attempts of `executor_id` (`(task, token, message)`) back without
+    /// charging them an attempt or a delivery (see [`Release`]). Returns, in order, whether
+    /// each was still held and so released.
+    pub async fn release(
+        &self,
+        executor_id: &str,
+        why: Release,
+        attempts: &[(TaskId, u64, String)],
+    ) -> Result<Vec<bool>> {
+        let mut by_queue: HashMap<&str, Vec<usize>> = HashMap::new();
+        for (index, (id, _, _)) in attempts.iter().enumerate() {
+            by_queue.entry(id.queue()).or_default().push(index);
+        }
+        let (kind, limit) = match why {
+            Release::Shutdown => ("shutdown", 0),
+            Release::NoHandler { limit } => ("nohandler", limit),
+        };
+        let mut released = vec![false; attempts.len()];
+        for (queue, indexes) in by_queue {
+            let mut invocation = self.scripts.release.key(self.keys.queue_prefix(queue));
+            invocation
+                .arg(executor_id)
+                .arg(kind)
+                .arg(limit)
+                .arg(self.config.dead_ttl.as_millis() as u64);
+            for &index in &indexes {
+                let (id, fence, message) = &attempts[index];
+                invocation.arg(id.local()).arg(*fence).arg(message);
+            }
+            let mut con = self.con.clone();
+            let flags: Vec<i64> = self.timed(invocation.invoke_async(&mut con)).await?;
+            for (&index, flag) in indexes.iter().zip(flags) {
+                released[index] = flag == 1;
+            }
+        }
+        Ok(released)
+    }
+
+    /// The heartbeat for one queue: records this executor as alive and the lease it holds
+    /// tasks under, renews the leases of the attempts it runs there (`(task, token)` pairs:
+    /// their entries' idle time in the group's pending list goes back to zero), and reports
+    /// lost and cancelled attempts and whether the queue is paused.
     pub async fn renew(
         &self,
         queue: &str,
         executor_id: &str,
         host: &str,
-        in_flight: &[(TaskId, u32)],
+        lease: Duration,
+        in_flight: &[(TaskId, u64)],
     ) -> Result<RenewReply> {
         let mut invocation = self.scripts.renew.key(self.keys.queue_prefix(queue));
-        invocation.arg(executor_id).arg(host).arg(in_flight.len());
-        for (id, attempt) in in_flight {
-            invocation.arg(id.local()).arg(*attempt);
+        invocation
+            .arg(executor_id)
+            .arg(host)
+            .arg(in_flight.len())
+            .arg(lease.as_millis() as u64);
+        for (id, fence) in in_flight {
+            invocation.arg(id.local()).arg(*fence);
         }
         let mut con = self.con.clone();
         let (paused, lost, cancelled): (i64, Vec<String>, Vec<String>) =
             self.timed(invocation.invoke_async(&mut con)).await?;
-        let ids = |locals: Vec<String>| {
-            locals
-                .iter()
-                .map(|l| TaskId::from_parts(queue, l))
+        let attempts = |pairs: Vec<String>| -> Result<Vec<(TaskId, u64)>> {
+            pairs
+                .chunks(2)
+                .map(|pair| match pair {
+                    [local, fence] => fence
+                        .parse()
+                        .map(|fence| (TaskId::from_parts(queue, local), fence))
+                        .map_err(|_| Error::Corrupt(format!("renew answered token {fence:?}"))),
+                    _ => Err(Error::Corrupt("renew answered an odd list".to_owned())),
+                })
                 .collect()
         };
         Ok(RenewReply {
             paused: paused == 1,
-            lost: ids(lost),
-            cancelled: ids(cancelled),
+            lost: attempts(lost)?,
+            cancelled: attempts(cancelled)?,
         })
     }
 
-    /// Handles up to `limit` entries idle in the group's pending list for longer than `lease`:
-    /// takes back the tasks whose executor stopped renewing them, queues again the entries
-    /// read but never claimed, drops the ones that lead nowhere.
+    /// Handles up to `limit` entries idle in the group's pending list for longer than their
+    /// holder's lease (as the holder recorded it; `lease` only for a consumer that never did),
+    /// counting only time since Redis last began serving: takes back the tasks whose executor
+    /// stopped renewing them, queues again the entries read but never claimed, drops the ones
+    /// that lead nowhere.
     pub async fn reclaim(
         &self,
         queue: &str,
@@ -295,12 +383,12 @@ impl Broker {
     pub async fn count_last_delivery(
         &self,
         id: &TaskId,
-        attempt: u32,
+        fence: u64,
         deliveries: u32,
     ) -> Result<bool> {
         let mut con = self.con.clone();
         let mut invocation = self.scripts.alone.key(self.keys.queue_prefix(id.queue()));
-        invocation.arg(id.local()).arg(attempt).arg(deliveries);
+        invocation.arg(id.local()).arg(fence).arg(deliveries);
         let counted: i64 = self.timed(invocation.invoke_async(&mut con)).await?;
         Ok(counted == 1)
     }
@@ -310,7 +398,7 @@ impl Broker {
     pub async fn report_progress(
         &self,
         id: &TaskId,
-        attempt: u32,
+        attempt: AttemptToken,
         fraction: f64,
         message: &str,
     ) -> Result<bool> {
@@ -319,9 +407,14 @@ impl Broker {
             .scripts
             .progress
             .key(self.keys.queue_prefix(id.queue()));
+        let (field, value) = match attempt {
+            AttemptToken::Fence(fence) => ("f", fence),
+            AttemptToken::Attempt(attempt) => ("att", u64::from(attempt)),
+        };
         invocation
             .arg(id.local())
-            .arg(attempt)
+            .arg(field)
+            .arg(value)
             .arg(fraction.clamp(0.0, 1.0))
             .arg(message);
         let written: i64 = self.timed(invocation.invoke_async(&mut con)).await?;
@@ -420,8 +513,42 @@ fn parse_read_reply(reply: Value) -> Result<Vec<(String, String)>> {
     Ok(out)
 }
 
+/// What became of one outcome handed to [`Broker::complete`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Written {
+    /// Recorded now.
+    Recorded,
+    /// Recorded by an earlier try of the same write (its answer was lost).
+    AlreadyRecorded,
+    /// Rejected: the attempt no longer held the task (its token is stale).
+    Fenced,
+    /// Not recorded: the task's record is damaged (reported, never guessed at).
+    DamagedRecord,
+}
+
+impl Written {
+    fn from_flag(flag: i64) -> Result<Self> {
+        match flag {
+            1 => Ok(Self::Recorded),
+            2 => Ok(Self::AlreadyRecorded),
+            0 => Ok(Self::Fenced),
+            -1 => Ok(Self::DamagedRecord),
+            other => Err(Error::Corrupt(format!("complete script answered {other}"))),
+        }
+    }
+}
+
+/// Which attempt a progress report speaks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttemptToken {
+    /// The attempt's fencing token (executors, and remote handlers given one).
+    Fence(u64),
+    /// The attempt number alone, from a remote handler that predates fencing tokens.
+    Attempt(u32),
+}
+
 fn claimed_from_row(queue: &str, row: Vec<Value>) -> Result<ClaimedTask> {
-    if row.len() < 6 {
+    if row.len() < 7 {
         return Err(Error::Corrupt(format!(
             "claim row has {} values",
             row.len()
@@ -435,6 +562,10 @@ fn claimed_from_row(queue: &str, row: Vec<Value>) -> Result<ClaimedTask> {
     let max_attempts: String = redis::from_redis_value(next())?;
     let queue_wait_ms: u64 = redis::from_redis_value(next())?;
     let deliveries: u32 = redis::from_redis_value(next())?;
+    let fence: String = redis::from_redis_value(next())?;
+    let fence: u64 = fence
+        .parse()
+        .map_err(|_| Error::Corrupt(format!("task {local}: fencing token is {fence:?}")))?;
     let spec = spec::decode(&spec).map_err(|e| Error::Corrupt(format!("task {local}: {e}")))?;
     let max_attempts = max_attempts
         .parse()
@@ -442,6 +573,7 @@ fn claimed_from_row(queue: &str, row: Vec<Value>) -> Result<ClaimedTask> {
     Ok(ClaimedTask {
         id: TaskId::from_parts(queue, &local),
         attempt,
+        fence,
         task_type: spec.task_type,
         payload: spec.payload,
         content_type: spec.content_type,

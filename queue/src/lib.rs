@@ -22,7 +22,9 @@ pub mod task;
 
 pub use admin::{ExecutorInfo, ListPage, QueueStats};
 pub use broker::{Broker, BrokerConfig};
-pub use consumer::{Reader, ReclaimReport, ReconcileReport, RenewReply};
+pub use consumer::{
+    AttemptToken, Claimed, Reader, ReclaimReport, ReconcileReport, Release, RenewReply, Written,
+};
 pub use submit::SubmitBatcher;
 pub use task::*;
 
@@ -47,6 +49,10 @@ pub enum Error {
     /// The task's state does not allow the action.
     #[error("{0}")]
     FailedPrecondition(String),
+    /// Redis is at `maxmemory` (under `noeviction`) and refuses new data: new work is refused
+    /// until memory is freed, while running work goes on (see `scripts`).
+    #[error("redis is out of memory: {0}")]
+    OutOfMemory(String),
     /// Redis answered with an error that is not about reachability.
     #[error("redis error: {0}")]
     Redis(redis::RedisError),
@@ -68,6 +74,23 @@ impl Error {
     pub fn is_unavailable(&self) -> bool {
         matches!(self, Self::Unavailable(_))
     }
+
+    /// A copy, for reporting one failure to several callers (`RedisError` is `Clone`, but
+    /// this enum keeps the freedom to hold sources that are not).
+    pub fn duplicate(&self) -> Self {
+        match self {
+            Self::InvalidArgument { field, reason } => Self::InvalidArgument {
+                field: field.clone(),
+                reason: reason.clone(),
+            },
+            Self::Unavailable(m) => Self::Unavailable(m.clone()),
+            Self::NotFound(m) => Self::NotFound(m.clone()),
+            Self::FailedPrecondition(m) => Self::FailedPrecondition(m.clone()),
+            Self::OutOfMemory(m) => Self::OutOfMemory(m.clone()),
+            Self::Redis(e) => Self::Redis(e.clone()),
+            Self::Corrupt(m) => Self::Corrupt(m.clone()),
+        }
+    }
 }
 
 impl From<redis::RedisError> for Error {
@@ -86,6 +109,8 @@ impl From<redis::RedisError> for Error {
             );
         if reachability {
             Self::Unavailable(error.to_string())
+        } else if error.code() == Some("OOM") {
+            Self::OutOfMemory(error.to_string())
         } else {
             Self::Redis(error)
         }

@@ -128,6 +128,7 @@ mod tests {
             payload: vec![0, 1, 2, 255, b'{'],
             content_type: "application/octet-stream".to_owned(),
             run_at_ms: 0,
+            delay_ms: 0,
             max_attempts: 3,
             backoff: Some(Backoff {
                 initial: Duration::from_millis(10),

@@ -32,6 +32,7 @@ impl Broker {
                     .arg(task.id.local())
                     .arg(spec::encode(task))
                     .arg(task.run_at_ms)
+                    .arg(task.delay_ms)
                     .arg(task.max_attempts)
                     .arg(task.result_ttl.as_millis() as u64)
                     .arg(task.priority)
@@ -123,7 +124,7 @@ impl SubmitBatcher {
                         }
                         Err(error) => {
                             for reply in replies {
-                                let _ = reply.send(Err(clone_error(&error)));
+                                let _ = reply.send(Err(error.duplicate()));
                             }
                         }
                     }
@@ -144,20 +145,5 @@ impl SubmitBatcher {
         answer
             .await
             .map_err(|_| Error::Unavailable("submit batcher dropped the request".to_owned()))?
-    }
-}
-
-/// One batch error is reported to every caller in the batch.
-fn clone_error(error: &Error) -> Error {
-    match error {
-        Error::InvalidArgument { field, reason } => Error::InvalidArgument {
-            field: field.clone(),
-            reason: reason.clone(),
-        },
-        Error::Unavailable(m) => Error::Unavailable(m.clone()),
-        Error::NotFound(m) => Error::NotFound(m.clone()),
-        Error::FailedPrecondition(m) => Error::FailedPrecondition(m.clone()),
-        Error::Redis(e) => Error::Redis(e.clone()),
-        Error::Corrupt(m) => Error::Corrupt(m.clone()),
     }
 }

@@ -229,8 +229,11 @@ pub struct NewTask {
     pub payload: Vec<u8>,
     /// MIME type of the payload; empty for JSON.
     pub content_type: String,
-    /// Run no earlier than this (Unix ms); 0 for now.
+    /// Run no earlier than this (Unix ms); 0 for none.
     pub run_at_ms: u64,
+    /// With `run_at_ms` 0: run this long after the submit, measured on Redis's clock (the one
+    /// that promotes delayed tasks), not the scheduler's; 0 for now.
+    pub delay_ms: u64,
     /// Attempts in all.
     pub max_attempts: u32,
     /// Backoff between attempts; `None` for the default.
@@ -332,8 +335,11 @@ impl TaskRecord {
 pub struct ClaimedTask {
     /// Its id.
     pub id: TaskId,
-    /// This attempt's number: the fencing token for its outcome.
+    /// This attempt's number, from 1, as users see it (`RetryTask` starts it again).
     pub attempt: u32,
+    /// This attempt's fencing token: larger than every earlier token of the task, never
+    /// repeated. Its outcome, renewals and progress are accepted only under it.
+    pub fence: u64,
     /// The handler name.
     pub task_type: String,
     /// The arguments.
@@ -380,8 +386,8 @@ pub enum Outcome {
 pub struct Completion {
     /// The task.
     pub id: TaskId,
-    /// The attempt (fencing token).
-    pub attempt: u32,
+    /// The attempt's fencing token ([`ClaimedTask::fence`]).
+    pub fence: u64,
     /// What became of it.
     pub outcome: Outcome,
 }

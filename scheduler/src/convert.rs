@@ -109,13 +109,15 @@ pub(crate) fn new_task(
         request.content_type
     };
     let now = now_ms();
-    let run_at_ms = match (request.delay_ms, request.run_at_ms) {
-        (0, 0) => 0,
+    // A delay travels as a delay: Redis adds it to its own clock, which is the one that
+    // promotes the task (the scheduler's clock may be skewed from it).
+    let (run_at_ms, delay_ms) = match (request.delay_ms, request.run_at_ms) {
+        (0, 0) => (0, 0),
         (delay, 0) => {
             if delay > MAX_DELAY_MS {
                 return Err(invalid(&field("delay_ms"), "must be at most one year"));
             }
-            now + delay
+            (0, delay)
         }
         (0, at) => {
             if at > now + MAX_DELAY_MS {
@@ -124,7 +126,7 @@ pub(crate) fn new_task(
                     "must be within one year from now",
                 ));
             }
-            at
+            (at, 0)
         }
         _ => {
             return Err(invalid(
@@ -239,6 +241,7 @@ pub(crate) fn new_task(
         payload: request.payload,
         content_type,
         run_at_ms,
+        delay_ms,
         max_attempts,
         backoff,
         timeout: Duration::from_millis(timeout_ms),

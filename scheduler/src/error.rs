@@ -58,6 +58,7 @@ impl Error {
             Error::Queue(Q::NotFound(_)) => tonic::Code::NotFound,
             Error::Queue(Q::FailedPrecondition(_)) => tonic::Code::FailedPrecondition,
             Error::Queue(Q::Unavailable(_)) => tonic::Code::Unavailable,
+            Error::Queue(Q::OutOfMemory(_)) => tonic::Code::ResourceExhausted,
             Error::ResourceExhausted { .. } => tonic::Code::ResourceExhausted,
             _ => tonic::Code::Internal,
         }
@@ -76,6 +77,12 @@ impl From<Error> for Status {
             Error::Queue(Q::Unavailable(message)) => {
                 warn_unavailable(&message);
                 Status::unavailable("task store (redis) unavailable; retry")
+            }
+            Error::Queue(Q::OutOfMemory(message)) => {
+                tracing::warn!(%message, "redis at maxmemory: refusing new work with RESOURCE_EXHAUSTED");
+                Status::resource_exhausted(
+                    "task store (redis) is full (maxmemory): no new tasks are accepted until running ones finish or memory is raised; retry later",
+                )
             }
             Error::ResourceExhausted { field, reason } => {
                 Status::resource_exhausted(format!("{field}: {reason}"))

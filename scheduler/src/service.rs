@@ -385,15 +385,21 @@ impl pb::scheduler_server::Scheduler for SchedulerService {
                 "message: must be at most {MAX_PROGRESS_MESSAGE} bytes"
             )));
         }
+        let token = if request.fencing_token != 0 {
+            tarefa_queue::AttemptToken::Fence(request.fencing_token)
+        } else {
+            tarefa_queue::AttemptToken::Attempt(request.attempt)
+        };
         let recorded = self
             .broker
-            .report_progress(&id, request.attempt, request.fraction, &request.message)
+            .report_progress(&id, token, request.fraction, &request.message)
             .await
             .map_err(Error::from)?;
         if !recorded {
+            tracing::info!(task_id = %id, attempt = request.attempt, fencing_token = request.fencing_token, "progress refused: that attempt no longer holds the task");
             return Err(Status::failed_precondition(format!(
-                "task {id} is not running attempt {}",
-                request.attempt
+                "task {id} is not running that attempt (attempt {}, fencing token {})",
+                request.attempt, request.fencing_token
             )));
         }
         Ok(Response::new(pb::ReportProgressResponse {}))

@@ -1,0 +1,47 @@
+//! The lease heartbeat: every heartbeat interval, per queue, renews the leases of the attempts
+//! this executor holds (exactly the registered ones, by task and fencing token), records it as
+//! alive with its lease, and learns which attempts were cancelled or lost and whether the queue
+//! is paused.
+
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::leases::StopReason;
+use crate::worker::Shared;
+
+/// Beats until `stop` is cancelled.
+pub(crate) async fn heartbeat(shared: Arc<Shared>, stop: CancellationToken) {
+    let interval = shared.config.heartbeat_interval();
+    loop {
+        for queue in &shared.config.queues {
+            let held = shared.leases.held_in(queue);
+            let reply = shared
+                .broker
+                .renew(
+                    queue,
+                    &shared.executor_id,
+                    &shared.host,
+                    shared.config.lease(),
+                    &held,
+                )
+                .await;
+            match reply {
+                Ok(reply) => {
+                    shared.outage.succeeded();
+                    shared.set_paused(queue, reply.paused);
+                    shared.leases.stop(&reply.cancelled, StopReason::Cancelled);
+                    shared.leases.stop(&reply.lost, StopReason::LeaseLost);
+                }
+                Err(error) => {
+                    shared.metrics.redis_errors.inc();
+                    shared.outage.failed("heartbeat", &error);
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = stop.cancelled() => return,
+        }
+    }
+}
