@@ -33,7 +33,28 @@ pub(crate) enum Turn {
     /// Beside the others.
     Shared(#[allow(dead_code)] OwnedRwLockReadGuard<()>),
     /// Alone: a last allowed delivery.
-    Alone(#[allow(dead_code)] OwnedRwLockWriteGuard<()>),
+    Alone(
+        #[allow(dead_code)] OwnedRwLockWriteGuard<()>,
+        #[allow(dead_code)] AloneTicket,
+    ),
+}
+
+/// Counts a last-chance attempt in [`Shared::alone`] from the moment the reader starts it until
+/// its outcome is written: while any is counted, the readers read nothing.
+#[derive(Debug)]
+pub(crate) struct AloneTicket(tokio::sync::watch::Sender<usize>);
+
+impl AloneTicket {
+    pub(crate) fn take(alone: &tokio::sync::watch::Sender<usize>) -> Self {
+        alone.send_modify(|n| *n += 1);
+        Self(alone.clone())
+    }
+}
+
+impl Drop for AloneTicket {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n = n.saturating_sub(1));
+    }
 }
 
 /// Counts an attempt in the in-flight gauge for as long as it lives.
@@ -86,7 +107,7 @@ pub(crate) enum TurnPlan {
     /// Beside others, still to be taken.
     Beside,
     /// Alone: a last allowed delivery.
-    Alone,
+    Alone(AloneTicket),
 }
 
 fn now_ms() -> u64 {
@@ -133,7 +154,7 @@ impl Attempt {
         let turn = match turn {
             TurnPlan::Ready(turn) => turn,
             TurnPlan::Beside => Turn::Shared(shared.exclusive.clone().read_owned().await),
-            TurnPlan::Alone => {
+            TurnPlan::Alone(ticket) => {
                 span.in_scope(|| {
                     tracing::info!(
                         deliveries = task.deliveries,
@@ -148,7 +169,7 @@ impl Attempt {
                 {
                     span.in_scope(|| tracing::warn!(%error, "could not count the last delivery; running anyway"));
                 }
-                Turn::Alone(alone)
+                Turn::Alone(alone, ticket)
             }
         };
         let in_flight = InFlight::new(&shared.metrics.in_flight);

@@ -9,7 +9,7 @@ use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::attempt::{Attempt, Finished, Turn, TurnPlan};
+use crate::attempt::{AloneTicket, Attempt, Finished, Turn, TurnPlan};
 use crate::leases::{AttemptKey, lock};
 use crate::worker::{Backoff, Shared};
 
@@ -57,11 +57,11 @@ pub(crate) async fn read_loop(
             }
             continue;
         }
-        // Pass through the exclusive lock: while a last-chance attempt waits for its turn
-        // alone or runs, read nothing (the lock is fair, so this waits behind it). Work read
-        // now would only wait here while other executors could run it.
+        // While a last-chance attempt waits for its turn alone or runs, read nothing: work
+        // read now would only wait here while other executors could run it.
+        let mut alone = shared.alone.subscribe();
         tokio::select! {
-            gate = shared.exclusive.clone().read_owned() => drop(gate),
+            _ = alone.wait_for(|pending| *pending == 0) => {}
             _ = stop.cancelled() => return,
         }
         let first = tokio::select! {
@@ -130,15 +130,19 @@ fn start_attempts(
         .partition(|task| Attempt::is_last_chance(task, max_deliveries));
     let mut ready = Vec::with_capacity(beside.len() + last_chance.len());
     for task in beside {
-        // Succeeds: the reader passed through the lock, and no writer can queue on it before
-        // the last-chance attempts below are started. (Should it not, the attempt waits.)
+        // Succeeds: no last-chance attempt was pending when the reader read, and none of this
+        // batch asks for its turn before these are taken. (Should it not, the attempt waits.)
         let turn = match shared.exclusive.clone().try_read_owned() {
             Ok(guard) => TurnPlan::Ready(Turn::Shared(guard)),
             Err(_) => TurnPlan::Beside,
         };
         ready.push((task, turn));
     }
-    ready.extend(last_chance.into_iter().map(|task| (task, TurnPlan::Alone)));
+    ready.extend(
+        last_chance
+            .into_iter()
+            .map(|task| (task, TurnPlan::Alone(AloneTicket::take(&shared.alone)))),
+    );
     for (task, turn) in ready {
         let key = AttemptKey {
             id: task.id.clone(),

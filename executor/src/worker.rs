@@ -44,8 +44,10 @@ pub(crate) struct Shared {
     /// One permit per concurrent attempt (`--concurrency`).
     pub(crate) slots: Arc<Semaphore>,
     /// Read by every running attempt, written by one on its last allowed delivery so that it
-    /// runs alone; readers pass through it before reading.
+    /// runs alone.
     pub(crate) exclusive: Arc<RwLock<()>>,
+    /// Last-chance attempts started and not yet finished; readers read only while it is 0.
+    pub(crate) alone: tokio::sync::watch::Sender<usize>,
     /// Logs a Redis outage once, not once per failed call.
     pub(crate) outage: Arc<OutageLog>,
 }
@@ -58,6 +60,11 @@ pub(crate) struct OutageLog {
 
 impl OutageLog {
     pub(crate) fn failed(&self, what: &str, error: &tarefa_queue::Error) {
+        if !error.is_unavailable() {
+            // Redis answered, with an error: not an outage, and worth an operator's look.
+            tracing::error!(%error, operation = what, "redis refused an operation");
+            return;
+        }
         let mut down = lock(&self.down);
         if !*down {
             *down = true;
@@ -118,6 +125,7 @@ pub(crate) async fn run(
         leases: Arc::default(),
         paused: Mutex::default(),
         exclusive: Arc::default(),
+        alone: tokio::sync::watch::Sender::new(0),
         outage: Arc::default(),
     });
     tracing::info!(

@@ -115,14 +115,23 @@ impl Broker {
         let invocation = self.scripts.group.key(self.keys.queue_prefix(queue));
         let _created: i64 = self.timed(invocation.invoke_async(&mut con)).await?;
         let mut con = self.con.clone();
-        self.timed(
-            redis::cmd("SADD")
-                .arg(self.keys.queues_set())
-                .arg(queue)
-                .query_async::<i64>(&mut con),
-        )
-        .await?;
-        Ok(())
+        let listed = self
+            .timed(
+                redis::cmd("SADD")
+                    .arg(self.keys.queues_set())
+                    .arg(queue)
+                    .query_async::<i64>(&mut con),
+            )
+            .await;
+        match listed {
+            // At maxmemory the queue is listed by its first submit instead: serving it must
+            // not wait for memory.
+            Err(Error::OutOfMemory(message)) => {
+                tracing::debug!(%queue, %message, "queue not added to the queue list: redis is at maxmemory");
+                Ok(())
+            }
+            other => other.map(|_| ()),
+        }
     }
 
     /// Claims entries just read: each task becomes RUNNING at a new attempt. Its lease is the

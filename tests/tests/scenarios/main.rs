@@ -4,6 +4,7 @@
 mod cli;
 mod compose;
 mod dashboard;
+mod faults;
 mod node;
 mod polyglot;
 mod reliability;

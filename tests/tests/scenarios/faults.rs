@@ -1,0 +1,622 @@
+//! Reliability II: the faults an outside audit found, each tried as an adversary would against
+//! real processes (SIGSTOP, Redis restarted past the lease, Redis at maxmemory, a stale replay,
+//! replicas with different flags, the consumer group lost), plus the suspected ones proven.
+
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use tarefa_client::SubmitOptions;
+use tarefa_client::builtin::{Crash, Echo, Sleep, SleepOutput};
+use tarefa_proto::{self as pb, TaskState};
+use tarefa_tests::{Harness, eventually};
+use tonic::Code;
+
+/// `tarefa:{queue}:t:<ulid>` for a task id `queue:<ulid>`.
+fn record_key(task_id: &str) -> String {
+    let (queue, local) = task_id.split_once(':').expect("task id has a queue");
+    format!("tarefa:{{{queue}}}:t:{local}")
+}
+
+async fn wait_state(h: &Harness, task_id: &str, state: TaskState, within: Duration) -> pb::Task {
+    let client = h.client.clone();
+    eventually(&format!("task {task_id} to be {state:?}"), within, || {
+        let client = client.clone();
+        async move {
+            let task = client.get(task_id).await.ok()?;
+            (task.state() == state).then_some(task)
+        }
+    })
+    .await
+}
+
+fn sleep_output(task: &pb::Task) -> SleepOutput {
+    serde_json::from_slice(&task.result).expect("a sleep result")
+}
+
+/// Waits until `executor` has heartbeated `beats` more times on `queue` (its `last_seen`
+/// changed that often): by then it has looked at the queue again and again.
+async fn wait_heartbeats(h: &Harness, queue: &str, executor: &str, beats: usize) {
+    let mut last = String::new();
+    let mut seen = 0;
+    eventually(
+        &format!("{beats} heartbeats of {executor}"),
+        Duration::from_secs(20),
+        || {
+            let value: Option<String> = redis::cmd("HGET")
+                .arg(format!("tarefa:{{{queue}}}:executors"))
+                .arg(executor)
+                .query(&mut h.redis.connection())
+                .ok();
+            if let Some(value) = value
+                && value != last
+            {
+                last = value;
+                seen += 1;
+            }
+            let done = seen > beats;
+            async move { done.then_some(()) }
+        },
+    )
+    .await;
+}
+
+/// 1. `RetryTask` must not hand out a fencing token again: a frozen executor's stale outcome of
+/// "attempt 1" is rejected after the task was buried, retried and claimed as attempt 1 again.
+#[tokio::test]
+async fn retry_task_never_reuses_a_fencing_token() -> anyhow::Result<()> {
+    let mut h = Harness::builder()
+        .executors(1)
+        .executor_args(&["--lease-ms", "1000"])
+        .start()
+        .await?;
+    let options = SubmitOptions {
+        max_attempts: Some(1),
+        ..SubmitOptions::default()
+    };
+    let handle = h.client.submit_with(Sleep { ms: 2500 }, &options).await?;
+    wait_state(&h, handle.id(), TaskState::Running, Duration::from_secs(10)).await;
+    h.executors[0].signal(Signal::SIGSTOP);
+    h.add_executor(&[])?;
+    // The second executor's reclaim buries it (no attempts left), then an operator retries it.
+    let dead = wait_state(&h, handle.id(), TaskState::Dead, Duration::from_secs(15)).await;
+    assert!(
+        dead.last_error.contains("lease expired"),
+        "{}",
+        dead.last_error
+    );
+    h.client.retry(handle.id()).await?;
+    let running = eventually(
+        "the second executor to run attempt 1 again",
+        Duration::from_secs(10),
+        || async {
+            let t = h.client.get(handle.id()).await.ok()?;
+            (t.state() == TaskState::Running && t.executor_id == "executor-2").then_some(t)
+        },
+    )
+    .await;
+    assert_eq!(running.attempt, 1);
+    // The frozen executor wakes: its sleep is over at once, and it reports "attempt 1".
+    h.executors[0].signal(Signal::SIGCONT);
+    let task = h.wait_final(handle.id(), Duration::from_secs(15)).await;
+    assert_eq!(task.state(), TaskState::Succeeded);
+    let output = sleep_output(&task);
+    assert_eq!(
+        (output.executor_id.as_str(), task.executor_id.as_str()),
+        ("executor-2", "executor-2"),
+        "the recorded result is the stale attempt's"
+    );
+    Ok(())
+}
+
+/// 2. Two attempts of one task on one executor are two attempts: attempt 1 losing its lease
+/// while attempt 2 runs here neither hides attempt 2 from the heartbeat nor keeps running.
+#[tokio::test]
+async fn two_attempts_of_a_task_on_one_executor_stay_apart() -> anyhow::Result<()> {
+    let h = Harness::builder()
+        .executors(1)
+        .executor_args(&["--lease-ms", "2000"])
+        .start()
+        .await?;
+    let handle = h.client.submit(Sleep { ms: 5000 }).await?;
+    let running = wait_state(&h, handle.id(), TaskState::Running, Duration::from_secs(10)).await;
+    assert_eq!(running.attempt, 1);
+    // Leases are judged only once Redis has served for a whole lease (see reclaim.lua).
+    eventually(
+        "redis to have served for a whole lease",
+        Duration::from_secs(10),
+        || {
+            let mut con = h.redis.connection();
+            let up: Option<u64> = redis::cmd("HGET")
+                .arg("tarefa:{default}:clock")
+                .arg("up")
+                .query(&mut con)
+                .ok();
+            let now: Option<(u64, u64)> = redis::cmd("TIME").query(&mut con).ok();
+            let served = match (up, now) {
+                (Some(up), Some((s, us))) => (s * 1000 + us / 1000).saturating_sub(up) > 2200,
+                _ => false,
+            };
+            async move { served.then_some(()) }
+        },
+    )
+    .await;
+    // A reclaim pass at the wrong moment: freeze the executor, age its lease past expiry and
+    // reclaim by hand (as another executor's pass would), then let it go on.
+    let executor = &h.executors[0];
+    executor.signal(Signal::SIGSTOP);
+    let mut con = h.redis.connection();
+    let stream = "tarefa:{default}:stream";
+    let entry: String = redis::cmd("HGET")
+        .arg(record_key(handle.id()))
+        .arg("entry")
+        .query(&mut con)?;
+    let _: redis::Value = redis::cmd("XCLAIM")
+        .arg(stream)
+        .arg("executors")
+        .arg("executor-1")
+        .arg(0)
+        .arg(&entry)
+        .arg("IDLE")
+        .arg(100_000_000)
+        .arg("JUSTID")
+        .query(&mut con)?;
+    let broker =
+        tarefa_queue::Broker::new(tarefa_queue::BrokerConfig::new(h.redis.url().as_str()))?;
+    let report = broker
+        .reclaim("default", Duration::from_secs(30), 5, 100)
+        .await?;
+    assert_eq!(report.taken_back, 1, "{report:?}");
+    executor.signal(Signal::SIGCONT);
+    // The same executor claims attempt 2 while attempt 1 still runs there.
+    let task = h.wait_final(handle.id(), Duration::from_secs(20)).await;
+    assert_eq!(task.state(), TaskState::Succeeded, "{:?}", task.errors);
+    assert_eq!(task.attempt, 2, "{:?}", task.errors);
+    assert_eq!(sleep_output(&task).attempt, 2);
+    assert_eq!(task.errors.len(), 1, "{:?}", task.errors);
+    Ok(())
+}
+
+/// 3. A Redis outage longer than the lease takes nothing from live executors: Redis is killed
+/// and restarted (AOF, nothing lost) after twice the lease, and every running task finishes
+/// as its first attempt.
+#[tokio::test]
+async fn redis_outage_longer_than_the_lease_restarts_nothing() -> anyhow::Result<()> {
+    let mut h = Harness::builder()
+        .aof_always()
+        .executors(2)
+        .executor_args(&["--lease-ms", "2000"])
+        .start()
+        .await?;
+    let ids: Vec<String> = h
+        .client
+        .submit_many(
+            (0..4).map(|_| Sleep { ms: 3000 }),
+            &SubmitOptions::default(),
+        )
+        .await?
+        .into_iter()
+        .map(|t| t.id().to_owned())
+        .collect();
+    for id in &ids {
+        wait_state(&h, id, TaskState::Running, Duration::from_secs(10)).await;
+    }
+    h.redis.kill();
+    // The outage itself: twice the lease, with every executor alive and heartbeating into the
+    // void.
+    tokio::time::sleep(Duration::from_millis(4000)).await;
+    h.redis.restart()?;
+    for id in &ids {
+        let task = h.wait_final(id, Duration::from_secs(30)).await;
+        assert_eq!(
+            task.state(),
+            TaskState::Succeeded,
+            "{id}: {:?}",
+            task.errors
+        );
+        assert_eq!(task.attempt, 1, "{id} was restarted: {:?}", task.errors);
+        assert!(task.errors.is_empty(), "{id}: {:?}", task.errors);
+    }
+    Ok(())
+}
+
+/// 4. At maxmemory under noeviction, running work finishes and new work is refused clearly:
+/// submits answer RESOURCE_EXHAUSTED, running tasks succeed (none buried), a fresh executor
+/// starts, and everything resumes once memory is available.
+#[tokio::test]
+async fn at_maxmemory_new_work_is_refused_and_running_work_finishes() -> anyhow::Result<()> {
+    let mut h = Harness::builder()
+        .executors(1)
+        .executor_args(&["--lease-ms", "1500"])
+        .start()
+        .await?;
+    let ids: Vec<String> = h
+        .client
+        .submit_many(
+            (0..3).map(|_| Sleep { ms: 2500 }),
+            &SubmitOptions::default(),
+        )
+        .await?
+        .into_iter()
+        .map(|t| t.id().to_owned())
+        .collect();
+    for id in &ids {
+        wait_state(&h, id, TaskState::Running, Duration::from_secs(10)).await;
+    }
+    let mut con = h.redis.connection();
+    let _: () = redis::cmd("SET")
+        .arg("ballast")
+        .arg(vec![b'x'; 8 << 20])
+        .query(&mut con)?;
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory")
+        .arg("2mb")
+        .query(&mut con)?;
+    let refused = h
+        .client
+        .submit(Echo(serde_json::json!("hello")))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Some(Code::ResourceExhausted), "{refused}");
+    // A fresh executor starts and joins a new queue: its group creation and heartbeat are not
+    // refused.
+    h.add_executor(&["--queues", "default,fresh"])?;
+    eventually(
+        "the fresh executor's group and heartbeat on a new queue",
+        Duration::from_secs(10),
+        || {
+            let mut con = h.redis.connection();
+            let groups: Option<redis::Value> = redis::cmd("XINFO")
+                .arg("GROUPS")
+                .arg("tarefa:{fresh}:stream")
+                .query(&mut con)
+                .ok();
+            let beat: Option<String> = redis::cmd("HGET")
+                .arg("tarefa:{fresh}:executors")
+                .arg("executor-2")
+                .query(&mut con)
+                .ok();
+            let joined = groups.is_some() && beat.is_some();
+            async move { joined.then_some(()) }
+        },
+    )
+    .await;
+    for id in &ids {
+        let task = h.wait_final(id, Duration::from_secs(20)).await;
+        assert_eq!(
+            task.state(),
+            TaskState::Succeeded,
+            "{id}: {:?}",
+            task.errors
+        );
+        assert_eq!(task.attempt, 1, "{id}: {:?}", task.errors);
+    }
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory")
+        .arg("0")
+        .query(&mut con)?;
+    let echo = h
+        .client
+        .submit(Echo(serde_json::json!("after")))
+        .await?
+        .wait()
+        .await?;
+    assert_eq!(echo, serde_json::json!("after"));
+    Ok(())
+}
+
+/// 5. A pause is honoured by an executor that was waiting for a free slot: a task submitted
+/// after the pause does not start when the slot frees, only after the resume.
+#[tokio::test]
+async fn pause_holds_even_when_a_slot_frees_later() -> anyhow::Result<()> {
+    let h = Harness::builder()
+        .executors(1)
+        .executor_args(&["--concurrency", "1"])
+        .start()
+        .await?;
+    let long = h.client.submit(Sleep { ms: 1500 }).await?;
+    wait_state(&h, long.id(), TaskState::Running, Duration::from_secs(10)).await;
+    h.client.pause("default").await?;
+    let waiting = h.client.submit(Echo(serde_json::json!("later"))).await?;
+    let done = h.wait_final(long.id(), Duration::from_secs(10)).await;
+    assert_eq!(done.state(), TaskState::Succeeded);
+    // The slot is free; give the executor several heartbeats to (wrongly) take the task.
+    wait_heartbeats(&h, "default", "executor-1", 3).await;
+    let still = h.client.get(waiting.id()).await?;
+    assert_eq!(
+        still.state(),
+        TaskState::Queued,
+        "a paused queue's task started"
+    );
+    assert!(still.executor_id.is_empty());
+    h.client.resume("default").await?;
+    let task = h.wait_final(waiting.id(), Duration::from_secs(10)).await;
+    assert_eq!(task.state(), TaskState::Succeeded);
+    Ok(())
+}
+
+/// 6. Executors with different leases never take each other's tasks: one with a 400 ms lease
+/// runs its reclaim passes beside one with the default 30 s lease that holds long tasks.
+#[tokio::test]
+async fn a_short_lease_executor_does_not_take_a_long_lease_executors_tasks() -> anyhow::Result<()> {
+    let mut h = Harness::builder().executors(1).start().await?;
+    let ids: Vec<String> = h
+        .client
+        .submit_many(
+            (0..3).map(|_| Sleep { ms: 2500 }),
+            &SubmitOptions::default(),
+        )
+        .await?
+        .into_iter()
+        .map(|t| t.id().to_owned())
+        .collect();
+    for id in &ids {
+        wait_state(&h, id, TaskState::Running, Duration::from_secs(10)).await;
+    }
+    h.add_executor(&["--lease-ms", "400"])?;
+    for id in &ids {
+        let task = h.wait_final(id, Duration::from_secs(20)).await;
+        assert_eq!(
+            task.state(),
+            TaskState::Succeeded,
+            "{id}: {:?}",
+            task.errors
+        );
+        assert_eq!(
+            (task.attempt, task.executor_id.as_str()),
+            (1, "executor-1"),
+            "{id}: {:?}",
+            task.errors
+        );
+    }
+    Ok(())
+}
+
+/// 7. `--max-deliveries 0` is refused with a clear error; 1 works: a crashing task is buried as
+/// poison after its one delivery, having run alone.
+#[tokio::test]
+async fn max_deliveries_is_validated_and_one_works() -> anyhow::Result<()> {
+    let mut h = Harness::builder()
+        .executors(0)
+        .executor_args(&["--enable-crash-handler", "--lease-ms", "1000"])
+        .start()
+        .await?;
+    let zero = h.add_executor(&["--max-deliveries", "0"])?;
+    eventually(
+        "the executor with --max-deliveries 0 to refuse to start",
+        Duration::from_secs(10),
+        || {
+            let exited = !h.executors[zero].is_running();
+            async move { exited.then_some(()) }
+        },
+    )
+    .await;
+    assert!(
+        h.executors[zero].log().contains("max-deliveries"),
+        "{}",
+        h.executors[zero].log()
+    );
+    h.add_executor(&["--max-deliveries", "1"])?;
+    h.add_executor(&["--max-deliveries", "1"])?;
+    let options = SubmitOptions {
+        max_attempts: Some(10),
+        ..SubmitOptions::default()
+    };
+    let crash = h.client.submit_with(Crash {}, &options).await?;
+    let task = h.wait_final(crash.id(), Duration::from_secs(30)).await;
+    assert_eq!(task.state(), TaskState::Dead);
+    assert!(
+        task.errors.iter().any(|e| e.message.contains("poison")),
+        "{:?}",
+        task.errors
+    );
+    // Exactly one executor died for it; the other still runs work.
+    let echo = h
+        .client
+        .submit(Echo(serde_json::json!("alive")))
+        .await?
+        .wait()
+        .await?;
+    assert_eq!(echo, serde_json::json!("alive"));
+    Ok(())
+}
+
+/// 8. A last-chance task waiting to run alone does not park unrelated work: its executor reads
+/// nothing more meanwhile, and a new task runs at once on an idle executor.
+#[tokio::test]
+async fn a_last_chance_task_does_not_park_unrelated_work() -> anyhow::Result<()> {
+    let mut h = Harness::builder()
+        .executors(1)
+        .executor_args(&["--max-deliveries", "2", "--concurrency", "4"])
+        .start()
+        .await?;
+    let long = h.client.submit(Sleep { ms: 4000 }).await?;
+    wait_state(&h, long.id(), TaskState::Running, Duration::from_secs(10)).await;
+    // A task whose earlier delivery ended with its executor gone: its next one is its last.
+    h.client.pause("default").await?;
+    let last = h.client.submit(Sleep { ms: 100 }).await?;
+    let _: () = redis::cmd("HSET")
+        .arg(record_key(last.id()))
+        .arg("dlv")
+        .arg(1)
+        .query(&mut h.redis.connection())?;
+    h.client.resume("default").await?;
+    // Claimed by executor-1, where it waits for the long task to finish.
+    eventually(
+        "the last-chance task to be claimed",
+        Duration::from_secs(10),
+        || async {
+            let t = h.client.get(last.id()).await.ok()?;
+            (t.state() == TaskState::Running).then_some(())
+        },
+    )
+    .await;
+    h.add_executor(&[])?;
+    let echo = h.client.submit(Echo(serde_json::json!("now"))).await?;
+    let echo = h.wait_final(echo.id(), Duration::from_secs(10)).await;
+    assert_eq!(echo.state(), TaskState::Succeeded);
+    assert_eq!(
+        echo.executor_id, "executor-2",
+        "parked behind the last-chance task"
+    );
+    let long = h.client.get(long.id()).await?;
+    assert_eq!(
+        long.state(),
+        TaskState::Running,
+        "the echo waited for the long task"
+    );
+    let last = h.wait_final(last.id(), Duration::from_secs(20)).await;
+    assert_eq!(last.state(), TaskState::Succeeded);
+    Ok(())
+}
+
+/// 9. Losing the consumer group (Redis restarted empty of it, or an operator's XGROUP DESTROY)
+/// never runs one attempt twice on its executor.
+#[tokio::test]
+async fn a_lost_consumer_group_does_not_run_an_attempt_twice() -> anyhow::Result<()> {
+    let h = Harness::builder()
+        .executors(1)
+        .env("RUST_LOG", "info,tarefa_executor=debug")
+        .start()
+        .await?;
+    let handle = h.client.submit(Sleep { ms: 2500 }).await?;
+    wait_state(&h, handle.id(), TaskState::Running, Duration::from_secs(10)).await;
+    let _: i64 = redis::cmd("XGROUP")
+        .arg("DESTROY")
+        .arg("tarefa:{default}:stream")
+        .arg("executors")
+        .query(&mut h.redis.connection())?;
+    let executor = &h.executors[0];
+    eventually(
+        "the executor to see its running attempt delivered again",
+        Duration::from_secs(10),
+        || {
+            let seen = executor
+                .log()
+                .contains("delivered again while it runs here");
+            async move { seen.then_some(()) }
+        },
+    )
+    .await;
+    let task = h.wait_final(handle.id(), Duration::from_secs(15)).await;
+    assert_eq!(task.state(), TaskState::Succeeded, "{:?}", task.errors);
+    assert_eq!(task.attempt, 1);
+    let runs = executor
+        .log()
+        .lines()
+        .filter(|l| l.contains(handle.id()) && l.contains("task succeeded"))
+        .count();
+    assert_eq!(runs, 1, "attempt 1 ran {runs} times");
+    Ok(())
+}
+
+/// Suspected: shutdown past the grace period charges nothing. A task with one attempt allowed,
+/// interrupted by a rolling restart, runs again as attempt 1 and succeeds.
+#[tokio::test]
+async fn shutdown_past_the_grace_period_releases_uncharged() -> anyhow::Result<()> {
+    let mut h = Harness::builder()
+        .executors(1)
+        .executor_args(&["--shutdown-grace-secs", "1"])
+        .start()
+        .await?;
+    let options = SubmitOptions {
+        max_attempts: Some(1),
+        ..SubmitOptions::default()
+    };
+    let handle = h.client.submit_with(Sleep { ms: 4000 }, &options).await?;
+    wait_state(&h, handle.id(), TaskState::Running, Duration::from_secs(10)).await;
+    assert!(
+        h.executors[0].terminate(Duration::from_secs(10)),
+        "the executor did not exit cleanly"
+    );
+    let queued = h.client.get(handle.id()).await?;
+    assert_eq!(queued.state(), TaskState::Queued, "{:?}", queued.errors);
+    assert!(
+        queued.last_error.contains("interrupted"),
+        "{}",
+        queued.last_error
+    );
+    h.add_executor(&[])?;
+    let task = h.wait_final(handle.id(), Duration::from_secs(20)).await;
+    assert_eq!(task.state(), TaskState::Succeeded, "{:?}", task.errors);
+    assert_eq!(task.attempt, 1);
+    Ok(())
+}
+
+/// Suspected: a type no executor handles is handed back (uncharged) for an executor that has
+/// it, and buried only after the configured bounces.
+#[tokio::test]
+async fn a_task_without_a_handler_waits_then_is_buried() -> anyhow::Result<()> {
+    let h = Harness::builder()
+        .executors(1)
+        .executor_args(&["--no-handler-retries", "2"])
+        .start()
+        .await?;
+    let id = h
+        .client
+        .submit_raw(SubmitOptions::default().request("no_such_type", b"{}".to_vec()))
+        .await?
+        .task_id;
+    let waiting = wait_state(&h, &id, TaskState::Retrying, Duration::from_secs(10)).await;
+    assert_eq!(waiting.attempt, 0, "a bounce was charged as an attempt");
+    let task = h.wait_final(&id, Duration::from_secs(20)).await;
+    assert_eq!(task.state(), TaskState::Dead);
+    assert!(
+        task.last_error.contains("no handler"),
+        "{}",
+        task.last_error
+    );
+    Ok(())
+}
+
+/// Suspected: one outcome that cannot be written (a damaged key in its queue) does not block
+/// the executor's other outcomes.
+#[tokio::test]
+async fn an_unwritable_outcome_does_not_block_the_others() -> anyhow::Result<()> {
+    let h = Harness::builder()
+        .executors(1)
+        .executor_args(&["--queues", "broken,healthy"])
+        .start()
+        .await?;
+    let broken = h
+        .client
+        .submit_with(Sleep { ms: 500 }, &SubmitOptions::queue("broken"))
+        .await?;
+    wait_state(&h, broken.id(), TaskState::Running, Duration::from_secs(10)).await;
+    // Damage it while it runs: its record becomes a string, so writing its outcome fails with
+    // WRONGTYPE, every time, before the script writes anything.
+    let mut con = h.redis.connection();
+    let _: () = redis::cmd("DEL")
+        .arg(record_key(broken.id()))
+        .query(&mut con)?;
+    let _: () = redis::cmd("SET")
+        .arg(record_key(broken.id()))
+        .arg("damaged")
+        .query(&mut con)?;
+    let executor = &h.executors[0];
+    eventually("the outcome write to fail", Duration::from_secs(10), || {
+        let failed = executor.log().contains("outcome write failed");
+        async move { failed.then_some(()) }
+    })
+    .await;
+    let healthy = h
+        .client
+        .submit_with(
+            Echo(serde_json::json!("y")),
+            &SubmitOptions::queue("healthy"),
+        )
+        .await?;
+    let task = h.wait_final(healthy.id(), Duration::from_secs(10)).await;
+    assert_eq!(task.state(), TaskState::Succeeded);
+    eventually(
+        "the unwritable outcome to be given up, loudly",
+        Duration::from_secs(20),
+        || {
+            let given_up = executor.log().contains("outcome cannot be written");
+            async move { given_up.then_some(()) }
+        },
+    )
+    .await;
+    Ok(())
+}
