@@ -8,12 +8,15 @@
 //! - [`Broker`]: the handle both services use: submit, read and claim, complete, renew leases,
 //!   reclaim, promote, reconcile, and the operator's reads and controls.
 //! - [`events`]: task-change notifications over pub/sub, for `WatchTask`.
+//! - `handlers`: handler discovery: announcements of remote handlers with a heartbeat, and the
+//!   live view executors route by.
 
 mod admin;
 pub mod bench;
 mod broker;
 mod consumer;
 pub mod events;
+mod handlers;
 pub mod keys;
 mod scripts;
 mod spec;
@@ -23,6 +26,7 @@ pub mod task;
 pub use admin::{ExecutorInfo, ListPage, QueueStats};
 pub use broker::{Broker, BrokerConfig};
 pub use consumer::{Reader, ReclaimReport, ReconcileReport, RenewReply};
+pub use handlers::{AnnouncedHandler, HandlerAnnouncement};
 pub use submit::SubmitBatcher;
 pub use task::*;
 
