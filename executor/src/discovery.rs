@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use tarefa_queue::Broker;
+use tarefa_queue::{AnnouncedHandler, Broker};
 use tokio::sync::watch;
 
 use crate::handler::{Handler, HandlerError, HandlerSource, TaskContext};
@@ -137,13 +137,21 @@ impl Discovery {
     /// Re-reads the live announcements and rebuilds the routes.
     pub async fn refresh(&self) -> Result<(), tarefa_queue::Error> {
         let live = self.inner.broker.live_handlers().await?;
+        self.apply(live);
+        Ok(())
+    }
+
+    /// Rebuilds the routes from `live`, keeping the replicas (their connections and local
+    /// drops) of addresses still announced.
+    fn apply(&self, live: Vec<AnnouncedHandler>) {
         let mut routes: HashMap<String, Vec<Arc<Replica>>> = HashMap::new();
         {
+            // A panic while holding the lock cannot leave the map half-updated: recover it.
             let mut replicas = self
                 .inner
                 .replicas
                 .lock()
-                .map_err(|_| tarefa_queue::Error::Corrupt("poisoned replica map".into()))?;
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             let mut seen = HashMap::with_capacity(live.len());
             for handler in live {
                 let address = handler.announcement.address.clone();
@@ -194,7 +202,6 @@ impl Discovery {
             *current = routes;
         }
         self.inner.version.send_modify(|v| *v += 1);
-        Ok(())
     }
 
     /// The live replica of `task_type` with the fewest attempts in flight, if any.
@@ -297,5 +304,77 @@ impl Handler for Routed {
             }
             result
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use tarefa_queue::{BrokerConfig, HandlerAnnouncement};
+
+    use super::*;
+
+    fn discovery() -> Discovery {
+        // Connects lazily: nothing listens there, and nothing here talks to Redis.
+        let broker = Broker::new(BrokerConfig::new("redis://127.0.0.1:1")).expect("broker");
+        Discovery::new(broker, Duration::from_millis(10))
+    }
+
+    fn live(address: &str, types: &[&str], expires_at_ms: u64) -> AnnouncedHandler {
+        AnnouncedHandler {
+            announcement: HandlerAnnouncement {
+                handler_id: format!("id-{address}"),
+                address: address.to_owned(),
+                task_types: types.iter().map(|t| (*t).to_owned()).collect(),
+                queues: Vec::new(),
+            },
+            expires_at_ms,
+        }
+    }
+
+    const A: &str = "grpc://127.0.0.1:50001";
+    const B: &str = "grpc://127.0.0.1:50002";
+
+    fn picked(discovery: &Discovery, task_type: &str) -> Option<String> {
+        discovery.pick(task_type).map(|r| r.address.clone())
+    }
+
+    #[tokio::test]
+    async fn idle_replicas_take_turns_and_the_least_loaded_is_picked() {
+        let d = discovery();
+        d.apply(vec![live(A, &["t"], 10), live(B, &["t", "u"], 10)]);
+        let turns: HashSet<_> = (0..4).filter_map(|_| picked(&d, "t")).collect();
+        assert_eq!(turns.len(), 2, "both idle replicas are used: {turns:?}");
+        assert_eq!(picked(&d, "u").as_deref(), Some(B));
+        assert_eq!(picked(&d, "nobody"), None);
+
+        let busy = d.pick("t").expect("a replica");
+        let _in_flight = InFlight::new(busy.clone());
+        for _ in 0..4 {
+            assert_ne!(picked(&d, "t"), Some(busy.address.clone()));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_dropped_replica_returns_only_with_a_newer_announcement() {
+        let d = discovery();
+        d.apply(vec![live(A, &["t"], 10), live(B, &["t"], 10)]);
+        let a = d.inner.replicas.lock().expect("replicas")[A].clone();
+        d.drop_locally(&a);
+        for _ in 0..4 {
+            assert_eq!(picked(&d, "t").as_deref(), Some(B));
+        }
+        // The same announcement (no heartbeat since): still dropped.
+        d.apply(vec![live(A, &["t"], 10), live(B, &["t"], 11)]);
+        assert!((0..4).all(|_| picked(&d, "t").as_deref() == Some(B)));
+        // A heartbeat after the drop: routed to again.
+        d.apply(vec![live(A, &["t"], 12), live(B, &["t"], 12)]);
+        assert!((0..4).any(|_| picked(&d, "t").as_deref() == Some(A)));
+        // Withdrawn or lapsed: gone.
+        d.apply(vec![live(B, &["t"], 13)]);
+        assert!((0..4).all(|_| picked(&d, "t").as_deref() == Some(B)));
+        d.apply(Vec::new());
+        assert_eq!(picked(&d, "t"), None);
     }
 }

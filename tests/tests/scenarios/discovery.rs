@@ -35,6 +35,12 @@ def work(n, ms):
 @app.task(name="late.arrival")
 def late():
     return "served"
+
+
+@app.task(name="progress.utf8")
+def progress_utf8():
+    # 2 000 bytes of two-byte characters: cut to 1 024 bytes, never inside a character.
+    return tarefa.current_context().progress(0.5, "\u00e9" * 1000)
 "#;
 
 /// Starts `tarefa-py-worker replica:app` (the console script) in `dir`.
@@ -196,6 +202,23 @@ async fn discovery_a_type_without_a_live_handler_waits_then_fails() -> anyhow::R
     assert_eq!(task.state(), TaskState::Succeeded, "{}", task.last_error);
     assert_eq!(serde_json::from_slice::<Value>(&task.result)?, "served");
 
+    // A progress message over the scheduler's 1 024-byte limit is cut by UTF-8 bytes, at a
+    // character boundary, and recorded.
+    let progress = h
+        .client
+        .submit_raw(SubmitOptions::default().request("progress.utf8", b"{}".to_vec()))
+        .await?;
+    let task = h
+        .wait_final(&progress.task_id, Duration::from_secs(60))
+        .await;
+    assert_eq!(task.state(), TaskState::Succeeded, "{}", task.last_error);
+    assert_eq!(
+        serde_json::from_slice::<Value>(&task.result)?,
+        true,
+        "recorded"
+    );
+    assert_eq!(task.progress_message, "\u{e9}".repeat(512));
+
     // SIGTERM: withdraws itself and exits 0.
     assert!(
         worker.terminate(tarefa_tests::patience(Duration::from_secs(30))),
@@ -245,6 +268,15 @@ async def main():
         except tarefa.InvalidArgument as error:
             out["invalid"] = error.details()
 
+        # The token travels as "authorization: Bearer <token>" on every call (the scheduler
+        # here does not ask for one, so it is simply sent along).
+        async with tarefa.aio.AsyncClient(sys.argv[1], token="s3cret") as authed:
+            out["token_metadata"] = ("authorization", "Bearer s3cret") in (authed._metadata() or [])
+            out["with_token"] = (await (await authed.submit("fib", {"n": 10})).wait(timeout=60))
+        sync_client = tarefa.Client(sys.argv[1], token="s3cret")
+        out["sync_with_token"] = sync_client.submit("fib", {"n": 11}).wait(timeout=60)
+        sync_client.close()
+
         handles = await asyncio.gather(*(client.submit("echo", {"i": i}) for i in range(1000)))
         out["submitted"] = len({h.id for h in handles})
         limit = asyncio.Semaphore(100)
@@ -293,6 +325,9 @@ async fn aio_client_submits_waits_watches_cancels_and_submits_1000_at_once() -> 
         out["invalid"].as_str().unwrap_or("").contains("task_type"),
         "{out}"
     );
+    assert_eq!(out["token_metadata"], true);
+    assert_eq!(out["with_token"], "55");
+    assert_eq!(out["sync_with_token"], "89");
     assert_eq!(out["submitted"], 1000);
     assert_eq!(out["results_ok"], true);
     let queues = h.client.list_queues().await?;
@@ -300,6 +335,6 @@ async fn aio_client_submits_waits_watches_cancels_and_submits_1000_at_once() -> 
         .iter()
         .find(|q| q.name == "default")
         .expect("default");
-    assert!(default.submitted_total >= 1002, "{default:?}");
+    assert!(default.submitted_total >= 1004, "{default:?}");
     Ok(())
 }
