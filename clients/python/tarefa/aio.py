@@ -237,7 +237,13 @@ class AsyncClient:
             state = pb.TaskState.Value("TASK_STATE_" + state.upper())
         return await self._unary(
             "ListTasks",
-            pb.ListTasksRequest(queue=queue, state=state, task_type=task_type, page_size=page_size, page_token=page_token),
+            pb.ListTasksRequest(
+                queue=queue,
+                state=state,  # type: ignore[arg-type]
+                task_type=task_type,
+                page_size=page_size,
+                page_token=page_token,
+            ),
         )
 
     async def pause(self, queue: str) -> pb.Queue:

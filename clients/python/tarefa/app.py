@@ -203,6 +203,7 @@ class Task(Generic[P, R]):
 
     def run(self, payload: Any) -> Any:
         """Runs the function for a decoded payload (what a worker does for each attempt)."""
+        fn: Callable[..., Any] = self.fn
         if isinstance(payload, dict) and set(payload) <= {"args", "kwargs"}:
             args = payload.get("args") or []
             kwargs = payload.get("kwargs") or {}
@@ -210,10 +211,10 @@ class Task(Generic[P, R]):
                 from tarefa.handler import Fail
 
                 raise Fail(f"payload of {self.name}: args must be a list and kwargs an object")
-            return self.fn(*args, **kwargs)  # type: ignore[arg-type]
+            return fn(*args, **kwargs)
         if payload is None:
-            return self.fn()  # type: ignore[call-arg]
-        return self.fn(payload)  # type: ignore[arg-type]
+            return fn()
+        return fn(payload)
 
 
 class App:
@@ -269,6 +270,18 @@ class App:
         timeout: Duration = 30.0,
     ) -> None:
         """(Re)sets where the scheduler is and the defaults; drops any open connection."""
+        #: The arguments of the last configure, for :meth:`reconfigure`.
+        self.settings: Dict[str, Any] = dict(
+            scheduler=scheduler,
+            queue=queue,
+            queues=queues,
+            token=token,
+            tls=tls,
+            root_certificates=root_certificates,
+            client_cert=client_cert,
+            client_key=client_key,
+            timeout=timeout,
+        )
         with self._lock:
             self.scheduler = scheduler or os.environ.get("TAREFA_SCHEDULER") or "127.0.0.1:50051"
             #: The queue of tasks that name none.
@@ -281,7 +294,7 @@ class App:
                 unknown = set(options) - set(OPTION_NAMES)
                 if unknown:
                     raise ValueError(f"queue {name!r}: unknown options {sorted(unknown)} (known: {OPTION_NAMES})")
-            self._connection = dict(
+            self._connection: Dict[str, Any] = dict(
                 token=token or os.environ.get("TAREFA_TOKEN") or None,
                 tls=tls,
                 root_certificates=root_certificates,
@@ -293,6 +306,10 @@ class App:
             self._aio = weakref.WeakKeyDictionary()
         if old is not None:
             old.close()
+
+    def reconfigure(self, **changes: Any) -> None:
+        """:meth:`configure` with only ``changes`` different, e.g. ``reconfigure(token=…)``."""
+        self.configure(**{**self.settings, **changes})
 
     def queue_options(self, queue: str) -> Dict[str, Any]:
         """The options configured for ``queue`` (``max_attempts``, ``timeout``…)."""

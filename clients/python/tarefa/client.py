@@ -398,7 +398,7 @@ class Client:
             "ListTasks",
             pb.ListTasksRequest(
                 queue=queue,
-                state=state,
+                state=state,  # type: ignore[arg-type]
                 task_type=task_type,
                 page_size=page_size,
                 page_token=page_token,

@@ -307,7 +307,11 @@ def serve(
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: stopped.set())
     else:
-        threading.Thread(target=lambda: (server.wait_for_termination(), stopped.set()), daemon=True).start()
+        def watch() -> None:
+            server.wait_for_termination()
+            stopped.set()
+
+        threading.Thread(target=watch, daemon=True).start()
     # Wake up now and then: a blocked wait does not always let Python run signal handlers.
     while not stopped.wait(0.5):
         pass

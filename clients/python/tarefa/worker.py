@@ -238,18 +238,10 @@ def main(argv: Optional[list] = None) -> int:
     options = parser.parse_args(argv)
     logging.basicConfig(level=options.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = load_app(options.app)
-    if options.scheduler or options.token:
-        app.configure(
-            scheduler=options.scheduler or app.scheduler,
-            queue=app.queue,
-            queues=app._queues,
-            token=options.token or app._connection.get("token"),
-            tls=bool(app._connection.get("tls")),
-            root_certificates=app._connection.get("root_certificates"),
-            client_cert=app._connection.get("client_cert"),
-            client_key=app._connection.get("client_key"),
-            timeout=app._connection.get("timeout", 30.0),
-        )
+    changes = {"scheduler": options.scheduler, "token": options.token}
+    changes = {k: v for k, v in changes.items() if v}
+    if changes:
+        app.reconfigure(**changes)
     Worker(app, **worker_options(options)).run()
     return 0
 
