@@ -151,6 +151,9 @@ async fn discovery_spreads_over_replicas_and_survives_a_sigkill() -> anyhow::Res
     // The dead replica leaves the announcements when its heartbeat lapses (ttl 3 s).
     let live = wait_for_handlers(&h, "replicated.work", 1).await;
     assert!(live[0].address.starts_with("grpc://127.0.0.1:"), "{live:?}");
+    // The kill came while attempts ran on it (60 tasks of 300 ms over 16 slots had barely
+    // started): those attempts failed and were retried.
+    assert!(retried > 0, "no attempt failed with the SIGKILLed replica");
     eprintln!("{retried} tasks were retried after the SIGKILL");
     drop(second);
     Ok(())
