@@ -104,5 +104,11 @@ class Admin(TransactionTestCase):
         self.assertTrue(queue_stats("default").paused)
         self.client.post("/tarefa/queues/default/resume/")
         self.assertFalse(queue_stats("default").paused)
+        # Back to the page the form was on, never to another site.
+        back = self.client.post("/tarefa/queues/default/pause/", {"next": "/tarefa/queues/default/?state=DEAD"})
+        self.assertEqual(back["Location"], "/tarefa/queues/default/?state=DEAD")
+        away = self.client.post("/tarefa/queues/default/resume/", {"next": "//evil.example/"})
+        self.assertEqual(away["Location"], "/tarefa/")
+        self.assertFalse(queue_stats("default").paused)
         # A GET cannot act.
         self.assertEqual(self.client.get(f"/tarefa/tasks/{handle.id}/retry/").status_code, 405)

@@ -12,6 +12,7 @@ from django.contrib.admin.views.decorators import staff_member_required
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import render
 from django.urls import reverse
+from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 
 from tarefa.app import default_app
@@ -125,10 +126,12 @@ def task(request: HttpRequest, task_id: str) -> HttpResponse:
 
 
 def _back(request: HttpRequest, fallback: str) -> HttpResponseRedirect:
-    target = request.POST.get("next") or fallback
-    if not target.startswith("/"):
-        target = fallback
-    return HttpResponseRedirect(target)
+    """Back to the page the form was on (``next``), if it is on this site."""
+    target = request.POST.get("next") or ""
+    safe = url_has_allowed_host_and_scheme(
+        target, allowed_hosts={request.get_host()}, require_https=request.is_secure()
+    )
+    return HttpResponseRedirect(target if target and safe else fallback)
 
 
 @require_POST
