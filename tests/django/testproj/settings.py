@@ -58,6 +58,10 @@ TAREFA = {
     "QUEUES": {"mail": {"MAX_ATTEMPTS": 5, "TIMEOUT": 60}},
     "WORKER": {"CONCURRENCY": 4},
 }
+if os.environ.get("TAREFA_TEST_BAD_SETTINGS"):
+    # For the test that `manage.py check` reports a misspelt setting.
+    TAREFA["QUEUES"]["mail"]["MAX_ATTEMPT"] = 5
+    TAREFA["SCHEDULR"] = "typo:1"
 
 USE_TZ = True
 STATIC_URL = "static/"

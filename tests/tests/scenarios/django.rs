@@ -124,6 +124,16 @@ async fn django_app_delay_on_commit_worker_and_admin() -> anyhow::Result<()> {
 
     let check = manage_to_completion(&python, &dir, &h, &sqlite, &["check"]).await;
     assert!(check.contains("no issues"), "{check}");
+    // A misspelt TAREFA setting is a check error, not a silent default.
+    let bad = manage(&python, &dir, &h, &sqlite, &["check"])
+        .env("TAREFA_TEST_BAD_SETTINGS", "1")
+        .output()?;
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(!bad.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("tarefa.E001") && stderr.contains("SCHEDULR") && stderr.contains("mail"),
+        "{stderr}"
+    );
 
     let mut worker = start_worker(
         &python,
