@@ -341,3 +341,29 @@ async fn aio_client_submits_waits_watches_cancels_and_submits_1000_at_once() -> 
     assert!(default.submitted_total >= 1004, "{default:?}");
     Ok(())
 }
+
+#[tokio::test]
+async fn discovery_off_fails_a_type_without_a_handler_at_once() -> anyhow::Result<()> {
+    let h = Harness::builder()
+        .executor_args(&["--discovery", "false"])
+        .start()
+        .await?;
+    let unknown = h
+        .client
+        .submit_raw(SubmitOptions::default().request("nobody.home", b"{}".to_vec()))
+        .await?;
+    let task = h
+        .wait_final(&unknown.task_id, Duration::from_secs(60))
+        .await;
+    assert_eq!(task.state(), TaskState::Dead);
+    assert_eq!(
+        task.attempt, 1,
+        "no handler is a permanent failure without discovery"
+    );
+    assert!(
+        task.last_error.contains("no handler for task type"),
+        "{}",
+        task.last_error
+    );
+    Ok(())
+}
