@@ -80,6 +80,16 @@ pub struct Config {
         value_delimiter = ','
     )]
     pub handlers: Vec<crate::remote::HandlerSpec>,
+    /// Handler discovery: route task types that have no handler here (no built-in, no
+    /// `--handler`) to handlers that announced themselves (`Scheduler.AnnounceHandler`, e.g.
+    /// `python manage.py tarefa_worker`). `--discovery false` turns it off: such tasks then
+    /// fail at once as having no handler.
+    #[arg(long, env = "TAREFA_DISCOVERY", default_value_t = true, action = clap::ArgAction::Set)]
+    pub discovery: bool,
+    /// With discovery, how long an attempt of a task type no live handler serves waits for one
+    /// to be announced (ms) before it fails and is retried with the task's backoff.
+    #[arg(long, env = "TAREFA_DISCOVERY_WAIT_MS", default_value_t = 5_000)]
+    pub discovery_wait_ms: u64,
 }
 
 impl Config {
@@ -103,6 +113,8 @@ impl Config {
             metrics_listen: "off".to_owned(),
             enable_crash_handler: false,
             handlers: Vec::new(),
+            discovery: true,
+            discovery_wait_ms: 5_000,
         }
     }
 

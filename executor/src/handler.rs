@@ -221,10 +221,19 @@ where
     }
 }
 
+/// Handlers found at run time rather than registered up front (handler discovery): the
+/// [`Registry`] asks it for a task type it has no handler of its own for.
+pub trait HandlerSource: Send + Sync + 'static {
+    /// A handler for `task_type`, or `None` when this source does not serve it.
+    fn handler(&self, task_type: &str) -> Option<Arc<dyn Handler>>;
+}
+
 /// The task types this executor can run.
 #[derive(Clone, Default)]
 pub struct Registry {
     handlers: HashMap<String, Arc<dyn Handler>>,
+    /// Consulted for task types with no handler above (see [`Registry::set_fallback`]).
+    fallback: Option<Arc<dyn HandlerSource>>,
 }
 
 impl fmt::Debug for Registry {
@@ -289,9 +298,19 @@ impl Registry {
         self
     }
 
-    /// The handler for `task_type`.
+    /// Asks `source` for the task types no registered handler serves (handler discovery). A
+    /// registered handler, built-in or `--handler`, always wins over it.
+    pub fn set_fallback(&mut self, source: Arc<dyn HandlerSource>) -> &mut Self {
+        self.fallback = Some(source);
+        self
+    }
+
+    /// The handler for `task_type`: a registered one, else the fallback's, if any.
     pub fn get(&self, task_type: &str) -> Option<Arc<dyn Handler>> {
-        self.handlers.get(task_type).cloned()
+        match self.handlers.get(task_type) {
+            Some(handler) => Some(handler.clone()),
+            None => self.fallback.as_ref()?.handler(task_type),
+        }
     }
 
     /// The registered task types, sorted.

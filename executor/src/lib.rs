@@ -6,6 +6,7 @@
 //! - [`handler`]: the handler API ([`TaskContext`], [`HandlerError`], [`Registry`]).
 //! - [`builtin`]: the demo handlers (`fib`, `sleep`, `echo`, `flaky`, `fail`, `crash`).
 //! - [`remote`]: handlers in another process, any language, over gRPC or HTTP (`--handler`).
+//! - [`discovery`]: routes task types to handlers that announced themselves (no flags).
 //! - `worker`: the wiring of the parts below, under one cancellation token and task tracker.
 //! - `reader`: per queue, waits for a free slot, reads, claims, starts attempts.
 //! - `attempt`: one claimed task's run, owning its slot, lease registration, turn and outcome.
@@ -47,6 +48,7 @@
 mod attempt;
 pub mod builtin;
 mod config;
+pub mod discovery;
 pub mod handler;
 mod heartbeat;
 mod leases;
@@ -60,7 +62,7 @@ mod writer;
 use std::future::Future;
 
 pub use config::Config;
-pub use handler::{Handler, HandlerError, Registry, TaskContext};
+pub use handler::{Handler, HandlerError, HandlerSource, Registry, TaskContext};
 pub use metrics::Metrics;
 pub use tarefa_client::TaskType;
 
@@ -107,6 +109,15 @@ pub async fn run(
     remote::register(&mut registry, &config.handlers).map_err(|e| Error::Config(e.to_string()))?;
     let broker = tarefa_queue::Broker::new(config.broker_config())?;
     broker.warn_if_evicting().await;
+    // Handler discovery: the fallback for task types with no handler registered above.
+    let discovery = config.discovery.then(|| {
+        let discovery = discovery::Discovery::new(
+            broker.clone(),
+            std::time::Duration::from_millis(config.discovery_wait_ms),
+        );
+        registry.set_fallback(std::sync::Arc::new(discovery.clone()));
+        tokio::spawn(discovery.keep_fresh())
+    });
     let metrics = Metrics::new();
     let executor_id = config
         .executor_id
@@ -144,6 +155,9 @@ pub async fn run(
         stopper.cancel();
     });
     worker::run(broker, config, registry, metrics, executor_id, stop).await;
+    if let Some(refresher) = discovery {
+        refresher.abort();
+    }
     Ok(())
 }
 

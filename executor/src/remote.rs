@@ -27,6 +27,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use futures::FutureExt;
 use futures::future::BoxFuture;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::header::{CONTENT_TYPE, HeaderName, HeaderValue, RETRY_AFTER};
@@ -286,6 +287,22 @@ impl Handler for GrpcHandler {
         payload: Vec<u8>,
         context: TaskContext,
     ) -> BoxFuture<'static, Result<Vec<u8>, HandlerError>> {
+        Box::pin(
+            self.call_reporting_reachability(payload, context)
+                .map(|(result, _)| result),
+        )
+    }
+}
+
+impl GrpcHandler {
+    /// Runs one attempt like [`Handler::call`], and also says whether the handler was
+    /// unreachable (the call ended UNAVAILABLE: connection refused or reset, server stopping),
+    /// so handler discovery can stop routing to it. The attempt's outcome is the same.
+    pub(crate) fn call_reporting_reachability(
+        &self,
+        payload: Vec<u8>,
+        context: TaskContext,
+    ) -> BoxFuture<'static, (Result<Vec<u8>, HandlerError>, bool)> {
         let mut client = self.client.clone();
         let target = self.target.clone();
         let span = tracing::info_span!(
@@ -317,24 +334,27 @@ impl Handler for GrpcHandler {
                     response = client.execute(request) => response,
                     // Dropping the call cancels it on the handler's side too.
                     () = context.cancelled() => {
-                        return Err(HandlerError::retry(format!(
+                        return (Err(HandlerError::retry(format!(
                             "cancelled while the remote handler at {target} ran"
-                        )));
+                        ))), false);
                     }
                 };
                 match response {
-                    Ok(response) => outcome_of(&target, response.into_inner()),
+                    Ok(response) => (outcome_of(&target, response.into_inner()), false),
                     Err(status) if status.code() == tonic::Code::DeadlineExceeded => {
-                        Err(HandlerError::retry(format!(
+                        (Err(HandlerError::retry(format!(
                             "the remote handler at {target} did not answer before the task's timeout: {}",
                             status.message()
-                        )))
+                        ))), false)
                     }
-                    Err(status) => Err(HandlerError::retry(format!(
-                        "the remote handler at {target} failed: {}: {}",
-                        status.code(),
-                        status.message()
-                    ))),
+                    Err(status) => (
+                        Err(HandlerError::retry(format!(
+                            "the remote handler at {target} failed: {}: {}",
+                            status.code(),
+                            status.message()
+                        ))),
+                        status.code() == tonic::Code::Unavailable,
+                    ),
                 }
             }
             .instrument(span),

@@ -22,6 +22,13 @@ pub const DONE: &str = "done";
 pub const EXECUTORS: &str = "executors";
 /// Present while the queue is paused.
 pub const PAUSED: &str = "paused";
+/// The hash tag of handler discovery's keys: every announcement lives in one slot, so the
+/// announce, withdraw and read scripts run on one node of a cluster.
+pub const HANDLERS_TAG: &str = "handlers";
+/// Sorted set of announced handler addresses by expiry (Unix ms, Redis's clock).
+pub const HANDLERS_LIVE: &str = "live";
+/// Hash of announced handler address -> its packed announcement (see `handlers.rs`).
+pub const HANDLERS_INFO: &str = "info";
 /// The field of a stream entry that holds the task id.
 pub const ENTRY_TASK_FIELD: &str = "id";
 
@@ -72,6 +79,12 @@ impl Keys {
         format!("{}:{{{queue}}}:events", self.namespace)
     }
 
+    /// One key of handler discovery, e.g. `handlers_key(HANDLERS_LIVE)` is
+    /// `tarefa:{handlers}:live`.
+    pub fn handlers_key(&self, part: &str) -> String {
+        format!("{}:{{{HANDLERS_TAG}}}:{part}", self.namespace)
+    }
+
     /// The set of known queue names.
     pub fn queues_set(&self) -> String {
         format!("{}:{QUEUES_SET}", self.namespace)
@@ -89,5 +102,7 @@ mod tests {
         assert_eq!(keys.queue_key("default", STREAM), "tarefa:{default}:stream");
         assert_eq!(keys.record("mail", "01J"), "tarefa:{mail}:t:01J");
         assert_eq!(keys.events_channel("mail"), "tarefa:{mail}:events");
+        assert_eq!(keys.handlers_key(HANDLERS_LIVE), "tarefa:{handlers}:live");
+        assert_eq!(keys.handlers_key(HANDLERS_INFO), "tarefa:{handlers}:info");
     }
 }

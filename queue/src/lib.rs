@@ -8,12 +8,15 @@
 //! - [`Broker`]: the handle both services use: submit, read and claim, complete, renew leases,
 //!   reclaim, promote, reconcile, and the operator's reads and controls.
 //! - [`events`]: task-change notifications over pub/sub, for `WatchTask`.
+//! - `handlers`: handler discovery: announcements of remote handlers with a heartbeat, and the
+//!   live view executors route by.
 
 mod admin;
 pub mod bench;
 mod broker;
 mod consumer;
 pub mod events;
+mod handlers;
 pub mod keys;
 mod scripts;
 mod spec;
@@ -25,6 +28,7 @@ pub use broker::{Broker, BrokerConfig};
 pub use consumer::{
     AttemptToken, Claimed, Reader, ReclaimReport, ReconcileReport, Release, RenewReply, Written,
 };
+pub use handlers::{AnnouncedHandler, HandlerAnnouncement};
 pub use submit::SubmitBatcher;
 pub use task::*;
 

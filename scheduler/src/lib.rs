@@ -6,6 +6,7 @@
 //! - `convert`: validation and proto <-> domain conversion, at the boundary.
 //! - `service`: the RPC handlers.
 //! - `error`: the one mapping from errors to gRPC statuses.
+//! - `handlers`: handler discovery's RPCs (announce, withdraw, list).
 //! - `http`: health, `/metrics` and the dashboard on the HTTP port.
 //! - `metrics`: Prometheus counters.
 //!
@@ -15,6 +16,7 @@ pub mod config;
 mod convert;
 mod dashboard;
 mod error;
+mod handlers;
 pub mod http;
 pub mod metrics;
 pub mod service;

@@ -404,4 +404,31 @@ impl pb::scheduler_server::Scheduler for SchedulerService {
         }
         Ok(Response::new(pb::ReportProgressResponse {}))
     }
+
+    // Handler discovery: the logic is in `handlers.rs`.
+
+    async fn announce_handler(
+        &self,
+        request: Request<pb::AnnounceHandlerRequest>,
+    ) -> Result<Response<pb::AnnounceHandlerResponse>, Status> {
+        let response =
+            crate::handlers::announce(&self.broker, &self.config, request.into_inner()).await?;
+        Ok(Response::new(response))
+    }
+
+    async fn withdraw_handler(
+        &self,
+        request: Request<pb::WithdrawHandlerRequest>,
+    ) -> Result<Response<pb::WithdrawHandlerResponse>, Status> {
+        let response = crate::handlers::withdraw(&self.broker, request.into_inner()).await?;
+        Ok(Response::new(response))
+    }
+
+    async fn list_handlers(
+        &self,
+        request: Request<pb::ListHandlersRequest>,
+    ) -> Result<Response<pb::ListHandlersResponse>, Status> {
+        let response = crate::handlers::list(&self.broker, request.into_inner()).await?;
+        Ok(Response::new(response))
+    }
 }

@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import datetime
+import functools
 import json
 import time
-from typing import Any, Iterator, Mapping, Optional, Union
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Mapping, Optional, TypeVar, Union
 
 import grpc
 
+from tarefa import _channel
+from tarefa._channel import Pem
 from tarefa._trace import outgoing_metadata
+from tarefa.errors import DeadlineExceeded, TarefaError, Unavailable, from_rpc_error
 from tarefa.v1 import tarefa_pb2 as pb
 from tarefa.v1 import tarefa_pb2_grpc as pb_grpc
+
+_T = TypeVar("_T")
 
 #: A duration: seconds as a number, or a ``datetime.timedelta``.
 Duration = Union[int, float, datetime.timedelta]
@@ -23,6 +30,39 @@ FINAL_STATES = frozenset(
 
 # Reconnecting a dropped watch (a scheduler restart) gives up after this many tries in a row.
 _WATCH_RETRIES = 30
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Exponential backoff between attempts: ``initial * multiplier ** (attempt - 1)``, capped
+    at ``max``, jittered by the executor. ``None`` fields take the queue's defaults."""
+
+    #: Delay before the second attempt (seconds or ``timedelta``).
+    initial: Optional["Duration"] = None
+    #: Longest delay between two attempts.
+    max: Optional["Duration"] = None
+    #: Growth factor per attempt (at least 1).
+    multiplier: Optional[float] = None
+
+    def to_proto(self) -> pb.RetryBackoff:
+        return pb.RetryBackoff(
+            initial_ms=_ms(self.initial), max_ms=_ms(self.max), multiplier=self.multiplier or 0.0
+        )
+
+
+def _translated(fn: Callable[..., _T]) -> Callable[..., _T]:
+    """Raises gRPC failures as :mod:`tarefa.errors` exceptions."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> _T:
+        try:
+            return fn(*args, **kwargs)
+        except TarefaError:
+            raise
+        except grpc.RpcError as error:
+            raise from_rpc_error(error) from None
+
+    return wrapper
 
 
 def _ms(value: Optional[Duration]) -> int:
@@ -74,8 +114,12 @@ class TaskHandle:
         return f"TaskHandle({self.id!r})"
 
     def get(self) -> pb.Task:
-        """The task as it is now."""
+        """The task as it is now (``.state``, ``.attempt``, ``.progress``, ``.last_error``…)."""
         return self.client.get(self.id)
+
+    def state(self) -> str:
+        """Its state now: ``"QUEUED"``, ``"RUNNING"``, ``"SUCCEEDED"``, ``"DEAD"``…"""
+        return state_name(self.get().state)
 
     def wait(self, timeout: Optional[Duration] = None) -> Any:
         """Waits for the task to finish and returns its decoded result.
@@ -107,17 +151,31 @@ class Client:
         *,
         timeout: Duration = 30.0,
         channel: Optional[grpc.Channel] = None,
+        token: Optional[str] = None,
+        tls: bool = False,
+        root_certificates: Optional[Pem] = None,
+        client_cert: Optional[Pem] = None,
+        client_key: Optional[Pem] = None,
     ):
-        for scheme in ("http://", "grpc://"):
-            if target.startswith(scheme):
-                target = target[len(scheme) :]
+        """``target`` is ``host:port`` (``https://host:port`` turns TLS on).
+
+        ``token`` is sent as ``authorization: Bearer <token>`` on every call. TLS is on with
+        ``tls=True`` or any certificate: ``root_certificates`` (the CA that signed the
+        scheduler's certificate, PEM bytes or a file path; default: the system's roots), and
+        ``client_cert`` with ``client_key`` for mutual TLS.
+        """
+        target, https = _channel.strip_scheme(target)
         self.target = target
         #: Deadline of each unary call (submit, get, cancel…), in seconds.
         self.timeout = _ms(timeout) / 1000
-        self._channel = channel or grpc.insecure_channel(
-            target, options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)]
+        self._auth = _channel.token_metadata(token)
+        self._channel = channel or _channel.sync_channel(
+            target, _channel.credentials(tls or https, root_certificates, client_cert, client_key)
         )
         self._stub = pb_grpc.SchedulerStub(self._channel)
+
+    def _metadata(self) -> Optional[list[tuple[str, str]]]:
+        return (outgoing_metadata() or []) + self._auth or None
 
     def __enter__(self) -> "Client":
         return self
@@ -134,6 +192,7 @@ class Client:
         """The generated stub, for anything this API does not cover (ListTasks, PauseQueue…)."""
         return self._stub
 
+    @_translated
     def submit(
         self,
         task_type: str,
@@ -150,11 +209,13 @@ class Client:
         result_ttl: Optional[Duration] = None,
         payload: Optional[bytes] = None,
         content_type: str = "",
+        backoff: Optional[Backoff] = None,
     ) -> TaskHandle:
         """Enqueues a task of ``task_type`` with ``args`` encoded as JSON, and returns its handle.
 
         ``delay``/``timeout``/``result_ttl`` are seconds (or a ``timedelta``); zero or ``None``
-        means the scheduler's default. Pass ``payload`` (bytes) and ``content_type`` instead of
+        means the scheduler's default; ``backoff`` is a :class:`Backoff`. Failures raise
+        :mod:`tarefa.errors` exceptions (``tarefa.InvalidArgument``, ``tarefa.Unavailable``…). Pass ``payload`` (bytes) and ``content_type`` instead of
         ``args`` for a payload that is not JSON.
         """
         request = self.request(
@@ -171,18 +232,20 @@ class Client:
             result_ttl=result_ttl,
             payload=payload,
             content_type=content_type,
+            backoff=backoff,
         )
         response = self._stub.SubmitTask(
-            request, timeout=self.timeout, metadata=outgoing_metadata()
+            request, timeout=self.timeout, metadata=self._metadata()
         )
         return TaskHandle(self, response.task_id, response.deduplicated)
 
+    @_translated
     def submit_many(self, requests: list[pb.SubmitTaskRequest]) -> list[TaskHandle]:
         """Enqueues many tasks (built with :meth:`request`) in one call: all or none."""
         response = self._stub.SubmitTasks(
             pb.SubmitTasksRequest(tasks=requests),
             timeout=self.timeout,
-            metadata=outgoing_metadata(),
+            metadata=self._metadata(),
         )
         return [TaskHandle(self, r.task_id, r.deduplicated) for r in response.tasks]
 
@@ -202,6 +265,7 @@ class Client:
         result_ttl: Optional[Duration] = None,
         payload: Optional[bytes] = None,
         content_type: str = "",
+        backoff: Optional[Backoff] = None,
     ) -> pb.SubmitTaskRequest:
         """The ``SubmitTaskRequest`` that :meth:`submit` sends (see there)."""
         if payload is None:
@@ -222,27 +286,35 @@ class Client:
             priority=priority,
             headers=dict(headers or {}),
             result_ttl_ms=_ms(result_ttl),
+            backoff=backoff.to_proto() if backoff is not None else None,
         )
 
     def handle(self, task_id: str) -> TaskHandle:
         """A handle on an existing task, e.g. from an id stored in a database."""
         return TaskHandle(self, task_id)
 
+    @_translated
     def get(self, task_id: str) -> pb.Task:
-        """Reads a task (``grpc.RpcError`` with ``NOT_FOUND`` when it does not exist)."""
+        """Reads a task; raises :class:`tarefa.NotFound` when it does not exist."""
         return self._stub.GetTask(
             pb.GetTaskRequest(task_id=task_id),
             timeout=self.timeout,
-            metadata=outgoing_metadata(),
+            metadata=self._metadata(),
         )
 
     def watch(self, task_id: str, timeout: Optional[Duration] = None) -> Iterator[pb.Task]:
         """The task now, then at every change, ending after a final state."""
-        return self._stub.WatchTask(
+        stream = self._stub.WatchTask(
             pb.WatchTaskRequest(task_id=task_id),
             timeout=None if timeout is None else _ms(timeout) / 1000,
-            metadata=outgoing_metadata(),
+            metadata=self._metadata(),
         )
+        try:
+            yield from stream
+        except grpc.RpcError as error:
+            raise from_rpc_error(error) from None
+        finally:
+            stream.cancel()
 
     def wait(self, task_id: str, timeout: Optional[Duration] = None) -> pb.Task:
         """Waits (with WatchTask) until the task is final and returns it.
@@ -261,14 +333,10 @@ class Client:
                     if task.state in FINAL_STATES:
                         raise TaskFailed(task)
                     failures = 0
-            except grpc.RpcError as error:
-                code = error.code()  # type: ignore[attr-defined]
-                if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-                    raise TimeoutError(
-                        f"task {task_id} did not finish within {timeout} s"
-                    ) from None
-                if code != grpc.StatusCode.UNAVAILABLE:
-                    raise
+            except DeadlineExceeded:
+                raise TimeoutError(f"task {task_id} did not finish within {timeout} s") from None
+            except Unavailable:
+                pass
             failures += 1
             if failures > _WATCH_RETRIES:
                 raise ConnectionError(
@@ -276,28 +344,85 @@ class Client:
                 )
             time.sleep(0.2)
 
+    @_translated
     def cancel(self, task_id: str) -> pb.Task:
-        """Cancels a task (``FAILED_PRECONDITION`` when it is already final)."""
+        """Cancels a task (:class:`tarefa.FailedPrecondition` when it is already final)."""
         return self._stub.CancelTask(
             pb.CancelTaskRequest(task_id=task_id),
             timeout=self.timeout,
-            metadata=outgoing_metadata(),
+            metadata=self._metadata(),
         )
 
+    @_translated
     def retry(self, task_id: str) -> pb.Task:
         """Requeues a DEAD or CANCELLED task from attempt 1."""
         return self._stub.RetryTask(
             pb.RetryTaskRequest(task_id=task_id),
             timeout=self.timeout,
-            metadata=outgoing_metadata(),
+            metadata=self._metadata(),
         )
 
+    @_translated
     def queues(self) -> list[pb.Queue]:
         """Every queue with its counts."""
         return list(
             self._stub.ListQueues(
                 pb.ListQueuesRequest(),
                 timeout=self.timeout,
-                metadata=outgoing_metadata(),
+                metadata=self._metadata(),
             ).queues
+        )
+
+    def _queue_call(self, method: str, request: Any) -> Any:
+        try:
+            return getattr(self._stub, method)(
+                request, timeout=self.timeout, metadata=self._metadata()
+            )
+        except grpc.RpcError as error:
+            raise from_rpc_error(error) from None
+
+    def tasks(
+        self,
+        queue: str = "",
+        state: Union[str, int] = "DEAD",
+        *,
+        task_type: str = "",
+        page_size: int = 50,
+        page_token: str = "",
+    ) -> pb.ListTasksResponse:
+        """One page of a queue's tasks in ``state`` (``"DEAD"``, ``"QUEUED"``…), newest first;
+        ``.tasks`` and ``.next_page_token``."""
+        if isinstance(state, str):
+            state = pb.TaskState.Value("TASK_STATE_" + state.upper())
+        return self._queue_call(
+            "ListTasks",
+            pb.ListTasksRequest(
+                queue=queue,
+                state=state,  # type: ignore[arg-type]
+                task_type=task_type,
+                page_size=page_size,
+                page_token=page_token,
+            ),
+        )
+
+    def pause(self, queue: str) -> pb.Queue:
+        """Stops executors from taking the queue's tasks (submits are still accepted)."""
+        return self._queue_call("PauseQueue", pb.PauseQueueRequest(queue=queue))
+
+    def resume(self, queue: str) -> pb.Queue:
+        """Lets executors take a paused queue's tasks again."""
+        return self._queue_call("ResumeQueue", pb.ResumeQueueRequest(queue=queue))
+
+    def purge_dead(self, queue: str) -> int:
+        """Deletes every DEAD task of the queue; returns how many."""
+        return self._queue_call("PurgeDeadTasks", pb.PurgeDeadTasksRequest(queue=queue)).purged
+
+    def retry_dead(self, queue: str) -> int:
+        """Requeues every DEAD task of the queue; returns how many."""
+        return self._queue_call("RetryDeadTasks", pb.RetryDeadTasksRequest(queue=queue)).retried
+
+    def handlers(self, task_type: str = "") -> list[pb.AnnouncedHandler]:
+        """The live handlers that announced themselves (handler discovery)."""
+        return list(
+            self._queue_call("ListHandlers", pb.ListHandlersRequest(task_type=task_type)).handlers
         )

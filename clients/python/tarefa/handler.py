@@ -24,6 +24,30 @@ from tarefa.v1 import tarefa_pb2_grpc as pb_grpc
 
 log = logging.getLogger("tarefa.handler")
 
+#: Longest progress message the scheduler accepts, in UTF-8 bytes.
+MAX_PROGRESS_MESSAGE_BYTES = 1024
+
+_current = threading.local()
+
+
+def truncate_utf8(text: str, limit: int) -> str:
+    """``text`` cut to at most ``limit`` UTF-8 bytes, never inside a character."""
+    data = text.encode("utf-8")
+    if len(data) <= limit:
+        return text
+    return data[:limit].decode("utf-8", "ignore")
+
+
+def current_context() -> "Context":
+    """The :class:`Context` of the attempt running in this thread (inside a task function).
+
+    Raises ``RuntimeError`` outside of one.
+    """
+    context = getattr(_current, "context", None)
+    if context is None:
+        raise RuntimeError("tarefa.current_context() is only set while a task runs in a worker")
+    return context
+
 
 class Retry(Exception):
     """Raise to fail this attempt and retry: after ``after`` seconds, or the task's backoff."""
@@ -77,14 +101,15 @@ class Context:
             log.debug("progress of %s not reported: serve() was given no scheduler", self.task_id)
             return False
         try:
-            self._scheduler.ReportProgress(
+            self._scheduler.stub.ReportProgress(
                 pb.ReportProgressRequest(
                     task_id=self.task_id,
                     attempt=self.attempt,
                     fraction=float(fraction),
-                    message=message[:1024],
+                    message=truncate_utf8(message, MAX_PROGRESS_MESSAGE_BYTES),
                 ),
                 timeout=5,
+                metadata=self._scheduler._metadata(),
             )
             return True
         except grpc.RpcError as error:
@@ -169,6 +194,7 @@ class TaskHandlerService(pb_grpc.TaskHandlerServicer):
             _grpc_context=context,
             _scheduler=self._scheduler,
         )
+        _current.context = task_context
         try:
             output = fn(args, task_context) if wants_context else fn(args)
         except Retry as retry:
@@ -185,6 +211,8 @@ class TaskHandlerService(pb_grpc.TaskHandlerServicer):
                 outcome=pb.EXECUTE_OUTCOME_RETRY,
                 error=f"{type(error).__name__}: {error}",
             )
+        finally:
+            _current.context = None
         if isinstance(output, (bytes, bytearray, memoryview)):
             result = bytes(output)
         else:
@@ -216,6 +244,38 @@ class HandlerServer:
         self.server.wait_for_termination()
 
 
+def make_server(
+    handlers: Mapping[str, HandlerFn],
+    port: int,
+    *,
+    host: str = "127.0.0.1",
+    max_workers: int = 8,
+    scheduler: Any = None,
+) -> HandlerServer:
+    """Starts a ``TaskHandler`` server for ``handlers`` and returns it (see :func:`serve`).
+
+    ``scheduler`` is a ``"host:port"`` or a :class:`tarefa.Client` (for its token and TLS).
+    """
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="tarefa-handler"),
+        options=[
+            ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+            ("grpc.max_send_message_length", 64 * 1024 * 1024),
+        ],
+    )
+    if isinstance(scheduler, str):
+        from tarefa.client import Client
+
+        scheduler = Client(scheduler)
+    pb_grpc.add_TaskHandlerServicer_to_server(TaskHandlerService(handlers, scheduler), server)
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    bound = server.add_insecure_port(address)
+    if bound == 0:
+        raise OSError(f"cannot listen on {address}")
+    server.start()
+    return HandlerServer(server, bound)
+
+
 def serve(
     handlers: Mapping[str, HandlerFn],
     port: int = 50061,
@@ -223,7 +283,7 @@ def serve(
     host: str = "127.0.0.1",
     max_workers: int = 8,
     block: bool = True,
-    scheduler: Optional[str] = None,
+    scheduler: Any = None,
 ) -> HandlerServer:
     """Serves ``handlers`` (task type -> function) as ``tarefa.v1.TaskHandler``.
 
@@ -235,23 +295,10 @@ def serve(
     "halfway")``. ``host="0.0.0.0"`` listens on every interface (in a container). With ``block`` (the
     default) it runs until SIGINT or SIGTERM, then drains; otherwise it returns at once.
     """
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="tarefa-handler"),
-        options=[
-            ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-            ("grpc.max_send_message_length", 64 * 1024 * 1024),
-        ],
+    running = make_server(
+        handlers, port, host=host, max_workers=max_workers, scheduler=scheduler
     )
-    scheduler_stub = None
-    if scheduler:
-        scheduler_stub = pb_grpc.SchedulerStub(grpc.insecure_channel(scheduler))
-    pb_grpc.add_TaskHandlerServicer_to_server(TaskHandlerService(handlers, scheduler_stub), server)
-    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    bound = server.add_insecure_port(address)
-    if bound == 0:
-        raise OSError(f"cannot listen on {address}")
-    server.start()
-    running = HandlerServer(server, bound)
+    server, bound = running.server, running.port
     log.info("tarefa handler serving %s on %s:%s", ", ".join(sorted(handlers)), host, bound)
     if not block:
         return running
@@ -260,7 +307,11 @@ def serve(
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: stopped.set())
     else:
-        threading.Thread(target=lambda: (server.wait_for_termination(), stopped.set()), daemon=True).start()
+        def watch() -> None:
+            server.wait_for_termination()
+            stopped.set()
+
+        threading.Thread(target=watch, daemon=True).start()
     # Wake up now and then: a blocked wait does not always let Python run signal handlers.
     while not stopped.wait(0.5):
         pass

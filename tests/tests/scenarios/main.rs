@@ -4,6 +4,8 @@
 mod cli;
 mod compose;
 mod dashboard;
+mod discovery;
+mod django;
 mod faults;
 mod node;
 mod polyglot;

@@ -25,9 +25,10 @@ const INSTALL_PYTHON: &str = "the polyglot tests need python3 with venv and pip:
      (Debian/Ubuntu: apt-get install python3 python3-venv python3-pip; macOS: brew install python), \
      or point TAREFA_TEST_PYTHON at a python3";
 
-/// The Python of a venv with `pip install ./clients/python[dev]` done, made on first use and
-/// reused while `clients/python` is unchanged.
-async fn venv_python() -> PathBuf {
+/// The Python of a venv with `pip install ./clients/python[dev,django]` done (grpcio-tools for
+/// the stubs check, Django for the Django scenarios), made on first use and reused while
+/// `clients/python` is unchanged.
+pub(crate) async fn venv_python() -> PathBuf {
     tokio::task::spawn_blocking(|| VENV.get_or_init(make_venv).clone())
         .await
         .expect("venv set-up panicked")
@@ -89,7 +90,7 @@ fn make_venv() -> Result<PathBuf, String> {
     let stamp_file = venv.join(".tarefa-stamp");
     let usable = python.exists()
         && run_command(
-            Command::new(&python).args(["-c", "import grpc, grpc_tools, google.protobuf"]),
+            Command::new(&python).args(["-c", "import grpc, grpc_tools, google.protobuf, django"]),
             "the venv's python",
         )
         .is_ok();
@@ -119,8 +120,11 @@ fn make_venv() -> Result<PathBuf, String> {
             .args(args);
         command
     };
-    let with_dev = format!("{}[dev]", source.display());
-    run_command(&mut pip(&[&with_dev]), "pip install ./clients/python[dev]")?;
+    let with_dev = format!("{}[dev,django]", source.display());
+    run_command(
+        &mut pip(&[&with_dev]),
+        "pip install ./clients/python[dev,django]",
+    )?;
     let plain = source.display().to_string();
     run_command(
         &mut pip(&["--force-reinstall", "--no-deps", &plain]),
@@ -132,14 +136,20 @@ fn make_venv() -> Result<PathBuf, String> {
 
 /// Runs a Python script to completion (killed if it outlives `within`) and returns its stdout;
 /// panics with its output if it fails.
-async fn run_python(python: &Path, args: &[&str], within: Duration) -> String {
+pub(crate) async fn run_python(python: &Path, args: &[&str], within: Duration) -> String {
     let mut command = tokio::process::Command::new(python);
     command.args(args).env("PYTHONUNBUFFERED", "1");
     tarefa_tests::run_to_completion(command, &format!("python {args:?}"), within).await
 }
 
 /// Starts a long-running Python script that listens on `port`.
-fn start_python(python: &Path, name: &str, args: &[&str], port: u16, logs: &Path) -> Process {
+pub(crate) fn start_python(
+    python: &Path,
+    name: &str,
+    args: &[&str],
+    port: u16,
+    logs: &Path,
+) -> Process {
     let mut command = Command::new(python);
     command.args(args).env("PYTHONUNBUFFERED", "1");
     let process =

@@ -333,6 +333,66 @@ class ReportProgressResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
+class AnnounceHandlerRequest(_message.Message):
+    __slots__ = ("handler_id", "address", "task_types", "queues", "ttl_ms")
+    HANDLER_ID_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    TASK_TYPES_FIELD_NUMBER: _ClassVar[int]
+    QUEUES_FIELD_NUMBER: _ClassVar[int]
+    TTL_MS_FIELD_NUMBER: _ClassVar[int]
+    handler_id: str
+    address: str
+    task_types: _containers.RepeatedScalarFieldContainer[str]
+    queues: _containers.RepeatedScalarFieldContainer[str]
+    ttl_ms: int
+    def __init__(self, handler_id: _Optional[str] = ..., address: _Optional[str] = ..., task_types: _Optional[_Iterable[str]] = ..., queues: _Optional[_Iterable[str]] = ..., ttl_ms: _Optional[int] = ...) -> None: ...
+
+class AnnounceHandlerResponse(_message.Message):
+    __slots__ = ("expires_at_ms",)
+    EXPIRES_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    expires_at_ms: int
+    def __init__(self, expires_at_ms: _Optional[int] = ...) -> None: ...
+
+class WithdrawHandlerRequest(_message.Message):
+    __slots__ = ("handler_id", "address")
+    HANDLER_ID_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    handler_id: str
+    address: str
+    def __init__(self, handler_id: _Optional[str] = ..., address: _Optional[str] = ...) -> None: ...
+
+class WithdrawHandlerResponse(_message.Message):
+    __slots__ = ("withdrawn",)
+    WITHDRAWN_FIELD_NUMBER: _ClassVar[int]
+    withdrawn: bool
+    def __init__(self, withdrawn: _Optional[bool] = ...) -> None: ...
+
+class ListHandlersRequest(_message.Message):
+    __slots__ = ("task_type",)
+    TASK_TYPE_FIELD_NUMBER: _ClassVar[int]
+    task_type: str
+    def __init__(self, task_type: _Optional[str] = ...) -> None: ...
+
+class AnnouncedHandler(_message.Message):
+    __slots__ = ("handler_id", "address", "task_types", "queues", "expires_at_ms")
+    HANDLER_ID_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    TASK_TYPES_FIELD_NUMBER: _ClassVar[int]
+    QUEUES_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    handler_id: str
+    address: str
+    task_types: _containers.RepeatedScalarFieldContainer[str]
+    queues: _containers.RepeatedScalarFieldContainer[str]
+    expires_at_ms: int
+    def __init__(self, handler_id: _Optional[str] = ..., address: _Optional[str] = ..., task_types: _Optional[_Iterable[str]] = ..., queues: _Optional[_Iterable[str]] = ..., expires_at_ms: _Optional[int] = ...) -> None: ...
+
+class ListHandlersResponse(_message.Message):
+    __slots__ = ("handlers",)
+    HANDLERS_FIELD_NUMBER: _ClassVar[int]
+    handlers: _containers.RepeatedCompositeFieldContainer[AnnouncedHandler]
+    def __init__(self, handlers: _Optional[_Iterable[_Union[AnnouncedHandler, _Mapping]]] = ...) -> None: ...
+
 class ExecuteRequest(_message.Message):
     __slots__ = ("task_id", "task_type", "queue", "payload", "content_type", "attempt", "max_attempts", "headers", "deadline_ms")
     class HeadersEntry(_message.Message):

@@ -100,6 +100,21 @@ class SchedulerStub:
                 request_serializer=tarefa_dot_v1_dot_tarefa__pb2.ReportProgressRequest.SerializeToString,
                 response_deserializer=tarefa_dot_v1_dot_tarefa__pb2.ReportProgressResponse.FromString,
                 _registered_method=True)
+        self.AnnounceHandler = channel.unary_unary(
+                '/tarefa.v1.Scheduler/AnnounceHandler',
+                request_serializer=tarefa_dot_v1_dot_tarefa__pb2.AnnounceHandlerRequest.SerializeToString,
+                response_deserializer=tarefa_dot_v1_dot_tarefa__pb2.AnnounceHandlerResponse.FromString,
+                _registered_method=True)
+        self.WithdrawHandler = channel.unary_unary(
+                '/tarefa.v1.Scheduler/WithdrawHandler',
+                request_serializer=tarefa_dot_v1_dot_tarefa__pb2.WithdrawHandlerRequest.SerializeToString,
+                response_deserializer=tarefa_dot_v1_dot_tarefa__pb2.WithdrawHandlerResponse.FromString,
+                _registered_method=True)
+        self.ListHandlers = channel.unary_unary(
+                '/tarefa.v1.Scheduler/ListHandlers',
+                request_serializer=tarefa_dot_v1_dot_tarefa__pb2.ListHandlersRequest.SerializeToString,
+                response_deserializer=tarefa_dot_v1_dot_tarefa__pb2.ListHandlersResponse.FromString,
+                _registered_method=True)
 
 
 class SchedulerServicer:
@@ -202,6 +217,32 @@ class SchedulerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AnnounceHandler(self, request, context):
+        """Handler discovery: a handler process (any language) says "I serve these task types at this
+        address" and repeats it as a heartbeat, every third of `ttl_ms` or so. Executors route a
+        task type with no handler of their own (no built-in, no --handler flag) to a live replica
+        that announced it, spreading attempts over replicas; an announcement not renewed within
+        its `ttl_ms` (by Redis's clock) is dropped. INVALID_ARGUMENT names a bad field.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WithdrawHandler(self, request, context):
+        """Handler discovery: withdraws an announcement at once (a handler shutting down gracefully),
+        so executors stop routing to it within their refresh interval (about a second).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListHandlers(self, request, context):
+        """Handler discovery: the live announced handlers, for operators and dashboards.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SchedulerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -269,6 +310,21 @@ def add_SchedulerServicer_to_server(servicer, server):
                     servicer.ReportProgress,
                     request_deserializer=tarefa_dot_v1_dot_tarefa__pb2.ReportProgressRequest.FromString,
                     response_serializer=tarefa_dot_v1_dot_tarefa__pb2.ReportProgressResponse.SerializeToString,
+            ),
+            'AnnounceHandler': grpc.unary_unary_rpc_method_handler(
+                    servicer.AnnounceHandler,
+                    request_deserializer=tarefa_dot_v1_dot_tarefa__pb2.AnnounceHandlerRequest.FromString,
+                    response_serializer=tarefa_dot_v1_dot_tarefa__pb2.AnnounceHandlerResponse.SerializeToString,
+            ),
+            'WithdrawHandler': grpc.unary_unary_rpc_method_handler(
+                    servicer.WithdrawHandler,
+                    request_deserializer=tarefa_dot_v1_dot_tarefa__pb2.WithdrawHandlerRequest.FromString,
+                    response_serializer=tarefa_dot_v1_dot_tarefa__pb2.WithdrawHandlerResponse.SerializeToString,
+            ),
+            'ListHandlers': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListHandlers,
+                    request_deserializer=tarefa_dot_v1_dot_tarefa__pb2.ListHandlersRequest.FromString,
+                    response_serializer=tarefa_dot_v1_dot_tarefa__pb2.ListHandlersResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -633,10 +689,92 @@ class Scheduler:
             metadata,
             _registered_method=True)
 
+    @staticmethod
+    def AnnounceHandler(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tarefa.v1.Scheduler/AnnounceHandler',
+            tarefa_dot_v1_dot_tarefa__pb2.AnnounceHandlerRequest.SerializeToString,
+            tarefa_dot_v1_dot_tarefa__pb2.AnnounceHandlerResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WithdrawHandler(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tarefa.v1.Scheduler/WithdrawHandler',
+            tarefa_dot_v1_dot_tarefa__pb2.WithdrawHandlerRequest.SerializeToString,
+            tarefa_dot_v1_dot_tarefa__pb2.WithdrawHandlerResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListHandlers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tarefa.v1.Scheduler/ListHandlers',
+            tarefa_dot_v1_dot_tarefa__pb2.ListHandlersRequest.SerializeToString,
+            tarefa_dot_v1_dot_tarefa__pb2.ListHandlersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
 
 class TaskHandlerStub:
     """Implemented by a handler written in any language; the executor calls it for each attempt of a
-    task routed to it (executor flag --handler 'TYPE=grpc://HOST:PORT').
+    task routed to it (executor flag --handler 'TYPE=grpc://HOST:PORT', or the handler's own
+    Scheduler.AnnounceHandler heartbeat).
     """
 
     def __init__(self, channel):
@@ -654,7 +792,8 @@ class TaskHandlerStub:
 
 class TaskHandlerServicer:
     """Implemented by a handler written in any language; the executor calls it for each attempt of a
-    task routed to it (executor flag --handler 'TYPE=grpc://HOST:PORT').
+    task routed to it (executor flag --handler 'TYPE=grpc://HOST:PORT', or the handler's own
+    Scheduler.AnnounceHandler heartbeat).
     """
 
     def Execute(self, request, context):
@@ -683,7 +822,8 @@ def add_TaskHandlerServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class TaskHandler:
     """Implemented by a handler written in any language; the executor calls it for each attempt of a
-    task routed to it (executor flag --handler 'TYPE=grpc://HOST:PORT').
+    task routed to it (executor flag --handler 'TYPE=grpc://HOST:PORT', or the handler's own
+    Scheduler.AnnounceHandler heartbeat).
     """
 
     @staticmethod
