@@ -149,7 +149,8 @@ impl Broker {
         Ok(reply.get(1).cloned().unwrap_or_default())
     }
 
-    /// Logs a loud warning when Redis may evict keys (and so lose tasks).
+    /// Logs a loud warning when Redis may evict keys, or keeps no append-only file (either
+    /// loses tasks).
     pub async fn warn_if_evicting(&self) {
         match self.maxmemory_policy().await {
             Ok(policy) if policy != "noeviction" && !policy.is_empty() => {
@@ -161,6 +162,24 @@ impl Broker {
             }
             Ok(_) => {}
             Err(error) => tracing::debug!(%error, "could not read redis maxmemory-policy"),
+        }
+        let mut con = self.con.clone();
+        let appendonly: Result<Vec<String>> = self
+            .timed(
+                redis::cmd("CONFIG")
+                    .arg("GET")
+                    .arg("appendonly")
+                    .query_async(&mut con),
+            )
+            .await;
+        match appendonly {
+            Ok(reply) if reply.get(1).map(String::as_str) == Some("no") => {
+                tracing::warn!(
+                    "redis appendonly is off: a redis crash loses every task and outcome since                      its last snapshot; set appendonly yes (appendfsync always for no loss)"
+                );
+            }
+            Ok(_) => {}
+            Err(error) => tracing::debug!(%error, "could not read redis appendonly"),
         }
     }
 }

@@ -620,3 +620,17 @@ async fn an_unwritable_outcome_does_not_block_the_others() -> anyhow::Result<()>
     .await;
     Ok(())
 }
+
+/// Missing before: the start-up check of Redis's durability. Against a Redis without AOF (the
+/// harness's default), both services warn; against one with AOF, they do not.
+#[tokio::test]
+async fn services_warn_at_start_when_redis_keeps_no_append_only_file() -> anyhow::Result<()> {
+    let h = Harness::builder().executors(1).start().await?;
+    h.wait_for_executors("default", 1).await;
+    assert!(h.executors[0].log().contains("appendonly is off"));
+    assert!(h.scheduler.process.log().contains("appendonly is off"));
+    let durable = Harness::builder().aof_always().executors(1).start().await?;
+    durable.wait_for_executors("default", 1).await;
+    assert!(!durable.executors[0].log().contains("appendonly is off"));
+    Ok(())
+}

@@ -318,16 +318,18 @@ class RetryDeadTasksResponse(_message.Message):
     def __init__(self, retried: _Optional[int] = ...) -> None: ...
 
 class ReportProgressRequest(_message.Message):
-    __slots__ = ("task_id", "attempt", "fraction", "message")
+    __slots__ = ("task_id", "attempt", "fraction", "message", "fencing_token")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     FRACTION_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    FENCING_TOKEN_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     attempt: int
     fraction: float
     message: str
-    def __init__(self, task_id: _Optional[str] = ..., attempt: _Optional[int] = ..., fraction: _Optional[float] = ..., message: _Optional[str] = ...) -> None: ...
+    fencing_token: int
+    def __init__(self, task_id: _Optional[str] = ..., attempt: _Optional[int] = ..., fraction: _Optional[float] = ..., message: _Optional[str] = ..., fencing_token: _Optional[int] = ...) -> None: ...
 
 class ReportProgressResponse(_message.Message):
     __slots__ = ()
@@ -394,7 +396,7 @@ class ListHandlersResponse(_message.Message):
     def __init__(self, handlers: _Optional[_Iterable[_Union[AnnouncedHandler, _Mapping]]] = ...) -> None: ...
 
 class ExecuteRequest(_message.Message):
-    __slots__ = ("task_id", "task_type", "queue", "payload", "content_type", "attempt", "max_attempts", "headers", "deadline_ms")
+    __slots__ = ("task_id", "task_type", "queue", "payload", "content_type", "attempt", "max_attempts", "headers", "deadline_ms", "fencing_token")
     class HeadersEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -411,6 +413,7 @@ class ExecuteRequest(_message.Message):
     MAX_ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
     HEADERS_FIELD_NUMBER: _ClassVar[int]
     DEADLINE_MS_FIELD_NUMBER: _ClassVar[int]
+    FENCING_TOKEN_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     task_type: str
     queue: str
@@ -420,7 +423,8 @@ class ExecuteRequest(_message.Message):
     max_attempts: int
     headers: _containers.ScalarMap[str, str]
     deadline_ms: int
-    def __init__(self, task_id: _Optional[str] = ..., task_type: _Optional[str] = ..., queue: _Optional[str] = ..., payload: _Optional[bytes] = ..., content_type: _Optional[str] = ..., attempt: _Optional[int] = ..., max_attempts: _Optional[int] = ..., headers: _Optional[_Mapping[str, str]] = ..., deadline_ms: _Optional[int] = ...) -> None: ...
+    fencing_token: int
+    def __init__(self, task_id: _Optional[str] = ..., task_type: _Optional[str] = ..., queue: _Optional[str] = ..., payload: _Optional[bytes] = ..., content_type: _Optional[str] = ..., attempt: _Optional[int] = ..., max_attempts: _Optional[int] = ..., headers: _Optional[_Mapping[str, str]] = ..., deadline_ms: _Optional[int] = ..., fencing_token: _Optional[int] = ...) -> None: ...
 
 class ExecuteResponse(_message.Message):
     __slots__ = ("outcome", "result", "error", "retry_after_ms")
