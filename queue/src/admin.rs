@@ -75,18 +75,20 @@ pub struct ListPage {
 impl Broker {
     /// Reads a task, or `None` when it does not exist.
     pub async fn task(&self, id: &TaskId) -> Result<Option<TaskRecord>> {
-        let mut con = self.con.clone();
+        let pipe = redis::pipe()
+            .cmd("HGETALL")
+            .arg(self.keys.record(id.queue(), id.local()))
+            .cmd("LRANGE")
+            .arg(self.keys.errors(id.queue(), id.local()))
+            .arg(0)
+            .arg(-1)
+            .clone();
         let (fields, errors): (HashMap<String, Vec<u8>>, Vec<String>) = self
-            .timed(
-                redis::pipe()
-                    .cmd("HGETALL")
-                    .arg(self.keys.record(id.queue(), id.local()))
-                    .cmd("LRANGE")
-                    .arg(self.keys.errors(id.queue(), id.local()))
-                    .arg(0)
-                    .arg(-1)
-                    .query_async(&mut con),
-            )
+            .resending(|| {
+                let mut con = self.con.clone();
+                let pipe = &pipe;
+                async move { self.timed(pipe.query_async(&mut con)).await }
+            })
             .await?;
         if fields.is_empty() {
             return Ok(None);

@@ -126,6 +126,24 @@ impl Broker {
         }
     }
 
+    /// Runs `operation`, and once more if the connection was found broken ([`Error::NotSent`]:
+    /// Redis restarted since the last call). The connection manager reconnects on that first
+    /// failure, so the second try reaches the new Redis. For a submit this is what a client's
+    /// retry would be: a submit in flight while Redis died may have been written before.
+    pub(crate) async fn resending<T, F, Fut>(&self, mut operation: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
+        match operation().await {
+            Err(Error::NotSent(message)) => {
+                tracing::debug!(%message, "redis connection was broken; sending again");
+                operation().await
+            }
+            other => other,
+        }
+    }
+
     /// Pings Redis: Ok when it answers within the command timeout.
     pub async fn ping(&self) -> Result<()> {
         let mut con = self.con.clone();

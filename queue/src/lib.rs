@@ -47,6 +47,12 @@ pub enum Error {
     /// Redis could not be reached in time: the operation may be retried.
     #[error("redis unavailable: {0}")]
     Unavailable(String),
+    /// The connection to Redis was found broken (Redis restarted since the last call, or died
+    /// during this one). Usually the command never left; if it was in flight when Redis died it
+    /// may have run, exactly as when a client retries after a lost answer. The connection is
+    /// re-established, so sending it once more usually succeeds.
+    #[error("redis connection broken: {0}")]
+    NotSent(String),
     /// The task does not exist (never did, or its record expired).
     #[error("task {0} not found")]
     NotFound(String),
@@ -76,7 +82,7 @@ impl Error {
 
     /// True when the failure is Redis being unreachable, slow or restarting.
     pub fn is_unavailable(&self) -> bool {
-        matches!(self, Self::Unavailable(_))
+        matches!(self, Self::Unavailable(_) | Self::NotSent(_))
     }
 
     /// A copy, for reporting one failure to several callers (`RedisError` is `Clone`, but
@@ -88,6 +94,7 @@ impl Error {
                 reason: reason.clone(),
             },
             Self::Unavailable(m) => Self::Unavailable(m.clone()),
+            Self::NotSent(m) => Self::NotSent(m.clone()),
             Self::NotFound(m) => Self::NotFound(m.clone()),
             Self::FailedPrecondition(m) => Self::FailedPrecondition(m.clone()),
             Self::OutOfMemory(m) => Self::OutOfMemory(m.clone()),
@@ -99,6 +106,9 @@ impl Error {
 
 impl From<redis::RedisError> for Error {
     fn from(error: redis::RedisError) -> Self {
+        if error.is_connection_dropped() {
+            return Self::NotSent(error.to_string());
+        }
         let reachability = error.is_timeout()
             || error.is_connection_dropped()
             || error.is_connection_refusal()

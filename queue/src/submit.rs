@@ -12,8 +12,17 @@ use crate::{Error, Result};
 
 impl Broker {
     /// Writes `tasks` (any mix of queues) and answers in their order. Tasks of one queue are
-    /// written by one atomic script call.
+    /// written by one atomic script call; the first queue that fails fails the call, although
+    /// other queues' tasks may have been written (use idempotency keys to retry a batch that
+    /// spans queues safely). See [`Broker::submit_each`] for an answer per task.
     pub async fn submit(&self, tasks: Vec<NewTask>) -> Result<Vec<Submitted>> {
+        self.submit_each(tasks).await.into_iter().collect()
+    }
+
+    /// Writes `tasks` (any mix of queues) and answers each in order with its own queue's
+    /// outcome: one queue failing never turns another queue's written task into an error (whose
+    /// caller would retry it and run it twice).
+    pub async fn submit_each(&self, tasks: Vec<NewTask>) -> Vec<Result<Submitted>> {
         let mut by_queue: HashMap<String, Vec<(usize, NewTask)>> = HashMap::new();
         let total = tasks.len();
         for (index, task) in tasks.into_iter().enumerate() {
@@ -22,44 +31,71 @@ impl Broker {
                 .or_default()
                 .push((index, task));
         }
-        let mut answers: Vec<Option<Submitted>> = vec![None; total];
+        let mut answers: Vec<Option<Result<Submitted>>> = (0..total).map(|_| None).collect();
         for (queue, group) in by_queue {
-            self.register_queue(&queue).await?;
-            let mut invocation = self.scripts.submit.key(self.keys.queue_prefix(&queue));
-            invocation.arg(self.config.idempotency_window.as_millis() as u64);
-            for (_, task) in &group {
-                invocation
-                    .arg(task.id.local())
-                    .arg(spec::encode(task))
-                    .arg(task.run_at_ms)
-                    .arg(task.delay_ms)
-                    .arg(task.max_attempts)
-                    .arg(task.result_ttl.as_millis() as u64)
-                    .arg(task.priority)
-                    .arg(&task.idempotency_key);
-            }
-            let mut con = self.con.clone();
-            let reply: Vec<redis::Value> = self.timed(invocation.invoke_async(&mut con)).await?;
-            if reply.len() != group.len() * 2 {
-                return Err(Error::Corrupt(format!(
-                    "submit script returned {} values for {} tasks",
-                    reply.len(),
-                    group.len()
-                )));
-            }
-            for ((index, _), pair) in group.iter().zip(reply.chunks(2)) {
-                let local: String = redis::from_redis_value_ref(&pair[0])?;
-                let deduplicated: i64 = redis::from_redis_value_ref(&pair[1])?;
-                answers[*index] = Some(Submitted {
-                    id: TaskId::from_parts(&queue, &local),
-                    deduplicated: deduplicated == 1,
-                });
+            match self.submit_queue(&queue, &group).await {
+                Ok(written) => {
+                    for ((index, _), submitted) in group.iter().zip(written) {
+                        answers[*index] = Some(Ok(submitted));
+                    }
+                }
+                Err(error) => {
+                    for (index, _) in &group {
+                        answers[*index] = Some(Err(error.duplicate()));
+                    }
+                }
             }
         }
         answers
             .into_iter()
-            .map(|a| a.ok_or_else(|| Error::Corrupt("submit lost an answer".to_owned())))
+            .map(|a| a.unwrap_or_else(|| Err(Error::Corrupt("submit lost an answer".to_owned()))))
             .collect()
+    }
+
+    /// Writes one queue's tasks with one script call.
+    async fn submit_queue(
+        &self,
+        queue: &str,
+        group: &[(usize, NewTask)],
+    ) -> Result<Vec<Submitted>> {
+        self.register_queue(queue).await?;
+        let mut invocation = self.scripts.submit.key(self.keys.queue_prefix(queue));
+        invocation.arg(self.config.idempotency_window.as_millis() as u64);
+        for (_, task) in group {
+            invocation
+                .arg(task.id.local())
+                .arg(spec::encode(task))
+                .arg(task.run_at_ms)
+                .arg(task.delay_ms)
+                .arg(task.max_attempts)
+                .arg(task.result_ttl.as_millis() as u64)
+                .arg(task.priority)
+                .arg(&task.idempotency_key);
+        }
+        let invocation = &invocation;
+        let reply: Vec<redis::Value> = self
+            .resending(|| {
+                let mut con = self.con.clone();
+                async move { self.timed(invocation.invoke_async(&mut con)).await }
+            })
+            .await?;
+        if reply.len() != group.len() * 2 {
+            return Err(Error::Corrupt(format!(
+                "submit script returned {} values for {} tasks",
+                reply.len(),
+                group.len()
+            )));
+        }
+        let mut written = Vec::with_capacity(group.len());
+        for pair in reply.chunks(2) {
+            let local: String = redis::from_redis_value_ref(&pair[0])?;
+            let deduplicated: i64 = redis::from_redis_value_ref(&pair[1])?;
+            written.push(Submitted {
+                id: TaskId::from_parts(queue, &local),
+                deduplicated: deduplicated == 1,
+            });
+        }
+        Ok(written)
     }
 
     /// Adds `queue` to the set of known queues, once per process.
@@ -116,17 +152,10 @@ impl SubmitBatcher {
                 let broker = broker.clone();
                 tokio::spawn(async move {
                     let (tasks, replies): (Vec<NewTask>, Vec<_>) = batch.into_iter().unzip();
-                    match broker.submit(tasks).await {
-                        Ok(answers) => {
-                            for (reply, answer) in replies.into_iter().zip(answers) {
-                                let _ = reply.send(Ok(answer));
-                            }
-                        }
-                        Err(error) => {
-                            for reply in replies {
-                                let _ = reply.send(Err(error.duplicate()));
-                            }
-                        }
+                    // Each caller hears its own queue's outcome, never another's failure.
+                    let answers = broker.submit_each(tasks).await;
+                    for (reply, answer) in replies.into_iter().zip(answers) {
+                        let _ = reply.send(answer);
                     }
                     drop(permit);
                 });

@@ -57,7 +57,7 @@ impl Error {
             Error::Queue(Q::InvalidArgument { .. }) => tonic::Code::InvalidArgument,
             Error::Queue(Q::NotFound(_)) => tonic::Code::NotFound,
             Error::Queue(Q::FailedPrecondition(_)) => tonic::Code::FailedPrecondition,
-            Error::Queue(Q::Unavailable(_)) => tonic::Code::Unavailable,
+            Error::Queue(Q::Unavailable(_) | Q::NotSent(_)) => tonic::Code::Unavailable,
             Error::Queue(Q::OutOfMemory(_)) => tonic::Code::ResourceExhausted,
             Error::ResourceExhausted { .. } => tonic::Code::ResourceExhausted,
             _ => tonic::Code::Internal,
@@ -74,7 +74,7 @@ impl From<Error> for Status {
             }
             Error::Queue(Q::NotFound(id)) => Status::not_found(format!("task {id} not found")),
             Error::Queue(Q::FailedPrecondition(message)) => Status::failed_precondition(message),
-            Error::Queue(Q::Unavailable(message)) => {
+            Error::Queue(Q::Unavailable(message) | Q::NotSent(message)) => {
                 warn_unavailable(&message);
                 Status::unavailable("task store (redis) unavailable; retry")
             }

@@ -634,3 +634,72 @@ async fn services_warn_at_start_when_redis_keeps_no_append_only_file() -> anyhow
     assert!(!durable.executors[0].log().contains("appendonly is off"));
     Ok(())
 }
+
+/// Suspected: the scheduler's first calls after Redis restarted failed with UNAVAILABLE ("broken
+/// pipe") although Redis was back. A command that never left for a dead connection is sent
+/// again on the new one.
+#[tokio::test]
+async fn the_first_calls_after_a_redis_restart_succeed() -> anyhow::Result<()> {
+    let mut h = Harness::builder().executors(0).start().await?;
+    let first = h.client.submit(Echo(serde_json::json!(1))).await?;
+    h.client.get(first.id()).await?;
+    h.redis.restart()?;
+    let second = h.client.submit(Echo(serde_json::json!(2))).await;
+    let second = second.expect("first submit after the restart");
+    h.client
+        .get(second.id())
+        .await
+        .map_err(|e| anyhow::anyhow!("first read after the restart: {e}"))?;
+    Ok(())
+}
+
+/// Suspected: single submits batched together across queues. One queue failing (here a damaged
+/// idempotency key) must not answer another queue's callers with an error, whether their tasks
+/// were written (a retry would run them twice) or not.
+#[tokio::test]
+async fn a_failing_queue_does_not_fail_other_queues_submits_in_the_same_batch() -> anyhow::Result<()>
+{
+    let h = Harness::builder().executors(0).start().await?;
+    let _: () = redis::cmd("HSET")
+        .arg("tarefa:{broken}:i:dup")
+        .arg("damaged")
+        .arg("1")
+        .query(&mut h.redis.connection())?;
+    let broken = SubmitOptions {
+        queue: Some("broken".to_owned()),
+        idempotency_key: Some("dup".to_owned()),
+        ..SubmitOptions::default()
+    };
+    let healthy = SubmitOptions::queue("healthy");
+    let submits = (0..40).map(|i| {
+        let client = h.client.clone();
+        let options = if i % 2 == 0 {
+            broken.clone()
+        } else {
+            healthy.clone()
+        };
+        async move {
+            let answer = client
+                .submit_with(Echo(serde_json::json!(i)), &options)
+                .await;
+            (options.queue, answer.map(|handle| handle.id().to_owned()))
+        }
+    });
+    let answers = futures::future::join_all(submits).await;
+    let mut written = Vec::new();
+    for (queue, answer) in answers {
+        match (queue.as_deref(), answer) {
+            (Some("healthy"), Ok(id)) => written.push(id),
+            (Some("healthy"), Err(error)) => panic!("a healthy queue's submit failed: {error}"),
+            (_, answer) => assert!(answer.is_err(), "the damaged queue accepted a task"),
+        }
+    }
+    assert_eq!(written.len(), 20);
+    let queued = h.client.list_queues().await?;
+    let healthy = queued
+        .iter()
+        .find(|q| q.name == "healthy")
+        .expect("healthy");
+    assert_eq!(healthy.queued, 20, "{healthy:?}");
+    Ok(())
+}
