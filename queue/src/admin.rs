@@ -7,8 +7,7 @@ use redis::Value;
 
 use crate::broker::Broker;
 use crate::keys::{DEAD, DONE, PAUSED, RETRYING, SCHEDULED, STREAM};
-use crate::spec;
-use crate::task::{AttemptError, TaskId, TaskRecord, TaskState};
+use crate::task::{TaskId, TaskRecord, TaskState};
 use crate::{Error, Result};
 
 /// One queue's counts.
@@ -93,7 +92,7 @@ impl Broker {
         if fields.is_empty() {
             return Ok(None);
         }
-        record_from_fields(id.clone(), fields, errors).map(Some)
+        crate::record::parse(id.clone(), fields, errors).map(Some)
     }
 
     /// Reads many tasks of one queue in one round trip; missing ones are left out.
@@ -118,7 +117,7 @@ impl Broker {
                 continue;
             }
             let errors: Vec<String> = redis::from_redis_value_ref(&pair[1])?;
-            out.push(record_from_fields(
+            out.push(crate::record::parse(
                 TaskId::from_parts(queue, local),
                 fields,
                 errors,
@@ -419,63 +418,4 @@ impl Broker {
         };
         self.timed(command.query_async(&mut con)).await
     }
-}
-
-fn record_from_fields(
-    id: TaskId,
-    mut fields: HashMap<String, Vec<u8>>,
-    errors: Vec<String>,
-) -> Result<TaskRecord> {
-    let spec = fields.remove("spec").unwrap_or_default();
-    let spec = spec::decode(&spec).map_err(|e| Error::Corrupt(format!("task {id}: {e}")))?;
-    let result = fields.remove("res").unwrap_or_default();
-    let mut text = |name: &str| {
-        fields
-            .remove(name)
-            .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
-            .unwrap_or_default()
-    };
-    let state_text = text("state");
-    let state = state_text
-        .parse()
-        .ok()
-        .and_then(TaskState::from_code)
-        .ok_or_else(|| Error::Corrupt(format!("task {id} has state {state_text:?}")))?;
-    let number = |s: String| s.parse::<u64>().unwrap_or(0);
-    let errors = errors
-        .into_iter()
-        .map(|line| {
-            let mut parts = line.splitn(3, '|');
-            AttemptError {
-                attempt: parts.next().and_then(|p| p.parse().ok()).unwrap_or(0),
-                at_ms: parts.next().and_then(|p| p.parse().ok()).unwrap_or(0),
-                message: parts.next().unwrap_or("").to_owned(),
-            }
-        })
-        .collect();
-    Ok(TaskRecord {
-        task_type: spec.task_type,
-        state,
-        attempt: number(text("att")) as u32,
-        max_attempts: number(text("max")) as u32,
-        content_type: spec.content_type,
-        last_error: text("err"),
-        errors,
-        created_at_ms: number(text("ctime")),
-        run_at_ms: number(text("rtime")),
-        started_at_ms: number(text("stime")),
-        finished_at_ms: number(text("ftime")),
-        traceparent: spec.traceparent,
-        headers: spec.headers,
-        progress: text("prog").parse().unwrap_or(0.0),
-        progress_message: text("pmsg"),
-        idempotency_key: text("idem"),
-        executor_id: text("exec"),
-        priority: text("prio").parse().unwrap_or(0),
-        timeout_ms: spec.timeout.as_millis() as u64,
-        cancel_requested: text("cancel") == "1",
-        payload: spec.payload,
-        result,
-        id,
-    })
 }

@@ -417,8 +417,8 @@ impl Broker {
             .progress
             .key(self.keys.queue_prefix(id.queue()));
         let (field, value) = match attempt {
-            AttemptToken::Fence(fence) => ("f", fence),
-            AttemptToken::Attempt(attempt) => ("att", u64::from(attempt)),
+            AttemptToken::Fence(fence) => (crate::record::FENCE, fence),
+            AttemptToken::Attempt(attempt) => (crate::record::ATTEMPT, u64::from(attempt)),
         };
         invocation
             .arg(id.local())

@@ -18,6 +18,7 @@ mod consumer;
 pub mod events;
 mod handlers;
 pub mod keys;
+mod record;
 mod scripts;
 mod spec;
 mod submit;

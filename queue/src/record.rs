@@ -1,0 +1,343 @@
+//! The task record's layout in Redis (`tarefa:{queue}:t:<ulid>`, a hash): every field name and
+//! state code in one place. The Lua scripts use the same names; a test below reads every script
+//! and checks that each field it reads or writes on a record is one of these, and that its
+//! state codes are [`TaskState`]'s. Reading a record is strict: a field that is present but
+//! damaged is [`Error::Corrupt`] naming it, never a silent 0.
+
+// Several fields are only ever read and written by the scripts: their constants document them,
+// and the tests check the scripts against the list.
+#![cfg_attr(not(test), allow(dead_code))]
+
+use std::collections::HashMap;
+
+use crate::spec;
+use crate::task::{AttemptError, TaskId, TaskRecord, TaskState};
+use crate::{Error, Result};
+
+/// The immutable fields, packed by `spec.rs`.
+pub(crate) const SPEC: &str = "spec";
+/// The state, a [`TaskState`] code.
+pub(crate) const STATE: &str = "state";
+/// The attempt number users see (from 1; `RetryTask` starts it again).
+pub(crate) const ATTEMPT: &str = "att";
+/// The fencing token of the newest claim: only ever grows.
+pub(crate) const FENCE: &str = "f";
+/// The fencing token whose outcome was recorded (makes a retried write idempotent).
+pub(crate) const OUTCOME_FENCE: &str = "of";
+/// Deliveries without an outcome, as counted (the last allowed one counts once it runs alone).
+pub(crate) const DELIVERIES: &str = "dlv";
+/// The delivery number of the newest claim.
+pub(crate) const DELIVERY: &str = "dn";
+/// Times the task was handed back by an executor without a handler for it.
+pub(crate) const NO_HANDLER: &str = "nh";
+/// Attempts allowed.
+pub(crate) const MAX_ATTEMPTS: &str = "max";
+/// How long the finished record is kept (ms).
+pub(crate) const RESULT_TTL: &str = "ttl";
+/// When submitted (Unix ms, Redis clock).
+pub(crate) const CREATED: &str = "ctime";
+/// When due, or when queued (Unix ms).
+pub(crate) const RUN_AT: &str = "rtime";
+/// When the newest attempt started (Unix ms).
+pub(crate) const STARTED: &str = "stime";
+/// When it finished (Unix ms).
+pub(crate) const FINISHED: &str = "ftime";
+/// Its stream entry while waiting or running.
+pub(crate) const ENTRY: &str = "entry";
+/// The executor of the newest attempt.
+pub(crate) const EXECUTOR: &str = "exec";
+/// The result.
+pub(crate) const RESULT: &str = "res";
+/// The newest error.
+pub(crate) const ERROR: &str = "err";
+/// "1" once a cancel was asked for while running.
+pub(crate) const CANCEL: &str = "cancel";
+/// Progress, 0.0 to 1.0.
+pub(crate) const PROGRESS: &str = "prog";
+/// Progress message.
+pub(crate) const PROGRESS_MESSAGE: &str = "pmsg";
+/// Priority.
+pub(crate) const PRIORITY: &str = "prio";
+/// Idempotency key.
+pub(crate) const IDEMPOTENCY_KEY: &str = "idem";
+
+/// Every field of a record.
+pub(crate) const FIELDS: &[&str] = &[
+    SPEC,
+    STATE,
+    ATTEMPT,
+    FENCE,
+    OUTCOME_FENCE,
+    DELIVERIES,
+    DELIVERY,
+    NO_HANDLER,
+    MAX_ATTEMPTS,
+    RESULT_TTL,
+    CREATED,
+    RUN_AT,
+    STARTED,
+    FINISHED,
+    ENTRY,
+    EXECUTOR,
+    RESULT,
+    ERROR,
+    CANCEL,
+    PROGRESS,
+    PROGRESS_MESSAGE,
+    PRIORITY,
+    IDEMPOTENCY_KEY,
+];
+
+/// A record read from Redis (`HGETALL`) and its errors list, as a [`TaskRecord`].
+pub(crate) fn parse(
+    id: TaskId,
+    mut fields: HashMap<String, Vec<u8>>,
+    errors: Vec<String>,
+) -> Result<TaskRecord> {
+    let corrupt = |field: &str, value: &str| {
+        Error::Corrupt(format!("task {id}: field {field:?} is {value:?}"))
+    };
+    let spec_bytes = fields.remove(SPEC).unwrap_or_default();
+    let spec = spec::decode(&spec_bytes).map_err(|e| Error::Corrupt(format!("task {id}: {e}")))?;
+    let result = fields.remove(RESULT).unwrap_or_default();
+    let mut text = |name: &str| {
+        fields
+            .remove(name)
+            .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+    };
+    let state_text = text(STATE).unwrap_or_default();
+    let state = state_text
+        .parse()
+        .ok()
+        .and_then(TaskState::from_code)
+        .ok_or_else(|| corrupt(STATE, &state_text))?;
+    // Absent: not yet (a time not reached, no attempt yet). Present but not a number: damage.
+    let number = |name: &str, value: Option<String>| -> Result<u64> {
+        match value {
+            None => Ok(0),
+            Some(value) => value.parse().map_err(|_| corrupt(name, &value)),
+        }
+    };
+    let attempt = number(ATTEMPT, text(ATTEMPT))?;
+    let max_attempts = number(MAX_ATTEMPTS, text(MAX_ATTEMPTS))?;
+    let created_at_ms = number(CREATED, text(CREATED))?;
+    let run_at_ms = number(RUN_AT, text(RUN_AT))?;
+    let started_at_ms = number(STARTED, text(STARTED))?;
+    let finished_at_ms = number(FINISHED, text(FINISHED))?;
+    let progress = match text(PROGRESS) {
+        None => 0.0,
+        Some(value) => value.parse().map_err(|_| corrupt(PROGRESS, &value))?,
+    };
+    let priority = match text(PRIORITY) {
+        None => 0,
+        Some(value) => value.parse().map_err(|_| corrupt(PRIORITY, &value))?,
+    };
+    let errors = errors
+        .into_iter()
+        .map(|line| {
+            let mut parts = line.splitn(3, '|');
+            AttemptError {
+                attempt: parts.next().and_then(|p| p.parse().ok()).unwrap_or(0),
+                at_ms: parts.next().and_then(|p| p.parse().ok()).unwrap_or(0),
+                message: parts.next().unwrap_or("").to_owned(),
+            }
+        })
+        .collect();
+    Ok(TaskRecord {
+        task_type: spec.task_type,
+        state,
+        attempt: u32::try_from(attempt).map_err(|_| corrupt(ATTEMPT, &attempt.to_string()))?,
+        max_attempts: u32::try_from(max_attempts)
+            .map_err(|_| corrupt(MAX_ATTEMPTS, &max_attempts.to_string()))?,
+        content_type: spec.content_type,
+        last_error: text(ERROR).unwrap_or_default(),
+        errors,
+        created_at_ms,
+        run_at_ms,
+        started_at_ms,
+        finished_at_ms,
+        traceparent: spec.traceparent,
+        headers: spec.headers,
+        progress,
+        progress_message: text(PROGRESS_MESSAGE).unwrap_or_default(),
+        idempotency_key: text(IDEMPOTENCY_KEY).unwrap_or_default(),
+        executor_id: text(EXECUTOR).unwrap_or_default(),
+        priority,
+        timeout_ms: spec.timeout.as_millis() as u64,
+        cancel_requested: text(CANCEL).as_deref() == Some("1"),
+        payload: spec.payload,
+        result,
+        id,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every script, as the queue crate loads it.
+    const SCRIPTS: &[(&str, &str)] = &[
+        ("common.lua", include_str!("../scripts/common.lua")),
+        ("submit.lua", include_str!("../scripts/submit.lua")),
+        ("claim.lua", include_str!("../scripts/claim.lua")),
+        ("complete.lua", include_str!("../scripts/complete.lua")),
+        ("renew.lua", include_str!("../scripts/renew.lua")),
+        ("reclaim.lua", include_str!("../scripts/reclaim.lua")),
+        ("promote.lua", include_str!("../scripts/promote.lua")),
+        ("cancel.lua", include_str!("../scripts/cancel.lua")),
+        ("retry.lua", include_str!("../scripts/retry.lua")),
+        ("progress.lua", include_str!("../scripts/progress.lua")),
+        ("reconcile.lua", include_str!("../scripts/reconcile.lua")),
+        ("stats.lua", include_str!("../scripts/stats.lua")),
+        ("purge.lua", include_str!("../scripts/purge.lua")),
+        ("alone.lua", include_str!("../scripts/alone.lua")),
+        ("release.lua", include_str!("../scripts/release.lua")),
+        ("group.lua", include_str!("../scripts/group.lua")),
+    ];
+
+    /// The quoted literals of `text`, in order.
+    fn literals(text: &str) -> Vec<String> {
+        text.split('\'')
+            .enumerate()
+            .filter(|(i, _)| i % 2 == 1)
+            .map(|(_, s)| s.to_owned())
+            .collect()
+    }
+
+    /// The argument text of every `redis.call(...)` whose command is a hash command on a task
+    /// record (its key is `key` or `record_key(...)`), with the command's name.
+    fn record_calls(script: &str) -> Vec<(String, String)> {
+        let mut calls = Vec::new();
+        for (start, _) in script.match_indices("redis.call(") {
+            let rest = &script[start + "redis.call(".len()..];
+            let mut depth = 1;
+            let mut end = rest.len();
+            for (i, c) in rest.char_indices() {
+                match c {
+                    '(' => depth += 1,
+                    ')' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            end = i;
+                            break;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            let args = &rest[..end];
+            let Some(command) = literals(args).into_iter().next() else {
+                continue;
+            };
+            if !["HSET", "HMGET", "HGET", "HDEL", "HINCRBY"].contains(&command.as_str()) {
+                continue;
+            }
+            let after_command = args.splitn(2, ',').nth(1).unwrap_or("").trim_start();
+            if after_command.starts_with("key,") || after_command.starts_with("record_key(") {
+                calls.push((command, after_command.to_owned()));
+            }
+        }
+        calls
+    }
+
+    #[test]
+    fn every_field_the_scripts_touch_on_a_record_is_in_the_layout() {
+        let mut seen = 0;
+        for (name, script) in SCRIPTS {
+            for (command, args) in record_calls(script) {
+                for literal in literals(&args) {
+                    // Values written beside fields: numbers, flags, the empty string.
+                    if literal.is_empty() || literal.bytes().all(|b| b.is_ascii_digit()) {
+                        continue;
+                    }
+                    assert!(
+                        FIELDS.contains(&literal.as_str()),
+                        "{name}: {command} touches record field {literal:?}, not in record.rs"
+                    );
+                    seen += 1;
+                }
+            }
+        }
+        // The check above must have something to check.
+        assert!(seen > 50, "only {seen} record fields found in the scripts");
+    }
+
+    #[test]
+    fn the_scripts_state_codes_are_task_states() {
+        let common = SCRIPTS[0].1;
+        let mut states = Vec::new();
+        for line in common.lines().filter(|l| l.starts_with("local S_")) {
+            let (names, codes) = line
+                .trim_start_matches("local ")
+                .split_once('=')
+                .expect("a state constant line");
+            for (name, code) in names.split(',').zip(literals(codes)) {
+                states.push((name.trim().to_owned(), code));
+            }
+        }
+        let expected = [
+            ("S_SCHEDULED", TaskState::Scheduled),
+            ("S_QUEUED", TaskState::Queued),
+            ("S_RUNNING", TaskState::Running),
+            ("S_SUCCEEDED", TaskState::Succeeded),
+            ("S_RETRYING", TaskState::Retrying),
+            ("S_DEAD", TaskState::Dead),
+            ("S_CANCELLED", TaskState::Cancelled),
+        ];
+        assert_eq!(states.len(), expected.len(), "{states:?}");
+        for (name, state) in expected {
+            let code = states
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, c)| c.clone())
+                .unwrap_or_else(|| panic!("{name} missing from common.lua"));
+            assert_eq!(code, (state as i32).to_string(), "{name}");
+        }
+    }
+
+    #[test]
+    fn a_damaged_field_is_an_error_naming_it() {
+        let id = TaskId::from_parts("q", "01J");
+        let task = crate::task::NewTask {
+            id: id.clone(),
+            task_type: "t".to_owned(),
+            payload: Vec::new(),
+            content_type: String::new(),
+            run_at_ms: 0,
+            delay_ms: 0,
+            max_attempts: 3,
+            backoff: None,
+            timeout: std::time::Duration::from_secs(1),
+            result_ttl: std::time::Duration::from_secs(1),
+            priority: 0,
+            headers: HashMap::new(),
+            traceparent: String::new(),
+            idempotency_key: String::new(),
+        };
+        let record = |extra: &[(&str, &str)]| {
+            let mut fields: HashMap<String, Vec<u8>> = HashMap::new();
+            fields.insert(SPEC.to_owned(), spec::encode(&task));
+            fields.insert(STATE.to_owned(), b"2".to_vec());
+            fields.insert(ATTEMPT.to_owned(), b"0".to_vec());
+            fields.insert(MAX_ATTEMPTS.to_owned(), b"3".to_vec());
+            for (k, v) in extra {
+                fields.insert((*k).to_owned(), v.as_bytes().to_vec());
+            }
+            fields
+        };
+        assert!(parse(id.clone(), record(&[]), Vec::new()).is_ok());
+        for field in [
+            ATTEMPT,
+            MAX_ATTEMPTS,
+            STARTED,
+            RUN_AT,
+            PROGRESS,
+            PRIORITY,
+            STATE,
+        ] {
+            let error = parse(id.clone(), record(&[(field, "x7")]), Vec::new())
+                .expect_err("damage must be an error");
+            assert!(error.to_string().contains(field), "{field}: {error}");
+        }
+    }
+}
