@@ -232,7 +232,10 @@ mod tests {
             if !["HSET", "HMGET", "HGET", "HDEL", "HINCRBY"].contains(&command.as_str()) {
                 continue;
             }
-            let after_command = args.splitn(2, ',').nth(1).unwrap_or("").trim_start();
+            let after_command = args
+                .split_once(',')
+                .map_or("", |(_, rest)| rest)
+                .trim_start();
             if after_command.starts_with("key,") || after_command.starts_with("record_key(") {
                 calls.push((command, after_command.to_owned()));
             }
