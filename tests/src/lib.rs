@@ -187,6 +187,8 @@ pub struct Redis {
     port: u16,
     dir: tempfile::TempDir,
     aof_always: bool,
+    /// Extra environment for the `redis-server` process (e.g. libfaketime's).
+    env: Vec<(String, String)>,
 }
 
 impl Redis {
@@ -197,11 +199,17 @@ impl Redis {
 
     /// Starts one; with `aof_always`, every write is fsynced to the AOF before Redis answers.
     pub fn start_with(aof_always: bool) -> anyhow::Result<Self> {
+        Self::start_with_env(aof_always, &[])
+    }
+
+    /// Starts one with extra environment variables for the process.
+    pub fn start_with_env(aof_always: bool, env: &[(String, String)]) -> anyhow::Result<Self> {
         let mut redis = Self {
             process: None,
             port: free_port(),
             dir: tempfile::tempdir()?,
             aof_always,
+            env: env.to_vec(),
         };
         redis.launch()?;
         Ok(redis)
@@ -214,6 +222,7 @@ impl Redis {
             .args(["--save", "", "--maxmemory-policy", "noeviction"])
             .arg("--dir")
             .arg(self.dir.path());
+        command.envs(self.env.iter().map(|(k, v)| (k, v)));
         if self.aof_always {
             command.args(["--appendonly", "yes", "--appendfsync", "always"]);
         } else {
@@ -288,6 +297,7 @@ pub struct HarnessBuilder {
     scheduler_args: Vec<String>,
     aof_always: bool,
     env: Vec<(String, String)>,
+    redis_env: Vec<(String, String)>,
 }
 
 /// Redis, a scheduler, executors and a client, all real.
@@ -316,6 +326,7 @@ impl Harness {
             scheduler_args: Vec::new(),
             aof_always: false,
             env: Vec::new(),
+            redis_env: Vec::new(),
         }
     }
 
@@ -444,6 +455,12 @@ impl HarnessBuilder {
         self
     }
 
+    /// An environment variable for the `redis-server` process only.
+    pub fn redis_env(mut self, key: &str, value: &str) -> Self {
+        self.redis_env.push((key.to_owned(), value.to_owned()));
+        self
+    }
+
     /// Redis with AOF and `appendfsync always`.
     pub fn aof_always(mut self) -> Self {
         self.aof_always = true;
@@ -452,7 +469,7 @@ impl HarnessBuilder {
 
     /// Starts everything and connects the client.
     pub async fn start(self) -> anyhow::Result<Harness> {
-        let redis = Redis::start_with(self.aof_always)?;
+        let redis = Redis::start_with_env(self.aof_always, &self.redis_env)?;
         let dir = tempfile::tempdir()?;
         let scheduler = start_scheduler(
             &redis,

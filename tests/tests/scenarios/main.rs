@@ -2,6 +2,7 @@
 //! processes, real gRPC clients. The harness lives in `tests/src/lib.rs`.
 
 mod cli;
+mod clock;
 mod compose;
 mod dashboard;
 mod discovery;
