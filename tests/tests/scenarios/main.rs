@@ -7,6 +7,7 @@ mod dashboard;
 mod discovery;
 mod django;
 mod faults;
+mod lifecycle;
 mod node;
 mod polyglot;
 mod reliability;
