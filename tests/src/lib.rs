@@ -728,3 +728,57 @@ pub fn trace_id_of(traceparent: &str) -> &str {
     assert!(well_formed, "malformed traceparent {traceparent:?}");
     parts[1]
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn free_ports_never_repeat_and_stay_out_of_the_kernels_range() {
+        let floor = ephemeral_floor();
+        let ports: Vec<u16> = (0..200).map(|_| free_port()).collect();
+        let distinct: HashSet<u16> = ports.iter().copied().collect();
+        assert_eq!(distinct.len(), ports.len(), "a port was handed out twice");
+        assert!(ports.iter().all(|p| *p >= 1024 && *p < floor), "{ports:?}");
+    }
+
+    #[test]
+    fn addresses_are_read_from_plain_and_json_logs() {
+        let plain = "2026-11-29T17:00:00Z  INFO scheduler listening grpc=127.0.0.1:40001\n\
+                     2026-11-29T17:00:00Z  INFO scheduler http listening (health, metrics, dashboard) http=127.0.0.1:40002";
+        assert_eq!(
+            logged_address(plain, "scheduler listening", "grpc"),
+            Some(SocketAddr::from(([127, 0, 0, 1], 40001)))
+        );
+        assert_eq!(
+            logged_address(plain, "scheduler http listening", "http"),
+            Some(SocketAddr::from(([127, 0, 0, 1], 40002)))
+        );
+        let json = r#"{"timestamp":"…","level":"INFO","fields":{"message":"scheduler listening","grpc":"127.0.0.1:40003"}}"#;
+        assert_eq!(
+            logged_address(json, "scheduler listening", "grpc"),
+            Some(SocketAddr::from(([127, 0, 0, 1], 40003)))
+        );
+        assert_eq!(
+            logged_address(json, "scheduler http listening", "http"),
+            None
+        );
+    }
+
+    #[tokio::test]
+    async fn redis_says_when_its_port_is_taken_and_starts_on_a_free_one() -> anyhow::Result<()> {
+        let taken = TcpListener::bind("127.0.0.1:0")?;
+        let mut redis = Redis {
+            process: None,
+            port: taken.local_addr()?.port(),
+            dir: tempfile::tempdir()?,
+            aof_always: false,
+        };
+        assert!(matches!(redis.launch().await?, Launch::PortTaken));
+        assert!(redis.process.is_none());
+        redis.port = free_port();
+        assert!(matches!(redis.launch().await?, Launch::Ready));
+        assert!(ping(redis.port).await);
+        Ok(())
+    }
+}
