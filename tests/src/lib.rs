@@ -8,10 +8,13 @@
 //! # Ok(()) }
 //! ```
 
+use std::collections::HashSet;
 use std::future::Future;
-use std::net::TcpListener;
+use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -46,12 +49,55 @@ where
     }
 }
 
-/// A free TCP port on 127.0.0.1.
+/// Ports [`free_port`] has handed out in this process: never handed out twice, so two
+/// scenarios running in parallel cannot be given the same one.
+static HANDED_OUT: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+
+/// The lowest port of the kernel's ephemeral range (`ip_local_port_range`): ports the kernel
+/// picks for `bind(0)` and for outgoing connections all lie at or above it.
+fn ephemeral_floor() -> u16 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32768)
+}
+
+/// A free TCP port on 127.0.0.1 for a process that cannot bind port 0 itself (redis-server, a
+/// Python or Node.js handler, chromedriver).
+///
+/// It is race-free against everything else the tests do: the port is taken from below the
+/// kernel's ephemeral range, where neither `bind(0)` (the schedulers here bind port 0) nor an
+/// outgoing connection ever lands, and it is never handed out twice in this process. Only
+/// another program picking fixed ports could still take it between this check and the
+/// child's `bind`; [`Redis`] retries on another port when that happens.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
+    let floor = ephemeral_floor().max(2048);
+    // Start at a place of its own per test process, so two test binaries run side by side
+    // rarely probe the same ports.
+    let low = 1024u16;
+    let span = floor - low;
+    let start = low + (std::process::id() % u32::from(span)) as u16;
+    let mut handed_out = HANDED_OUT
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let handed_out = handed_out.get_or_insert_with(HashSet::new);
+    for offset in 0..span {
+        let port = low + (start - low + offset) % span;
+        if handed_out.contains(&port) {
+            continue;
+        }
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            handed_out.insert(port);
+            return port;
+        }
+    }
+    // Everything below the ephemeral range is taken: fall back on the kernel's choice.
+    let port = TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
-        .expect("no free port")
+        .expect("no free port");
+    handed_out.insert(port);
+    port
 }
 
 /// The path of a binary built for these tests (next to the test executable's `deps/`). The
@@ -72,13 +118,16 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
-fn wait_for_port(port: u16, within: Duration) -> anyhow::Result<()> {
+async fn wait_for_port(port: u16, within: Duration) -> anyhow::Result<()> {
     let deadline = Instant::now() + patience(within);
     while Instant::now() < deadline {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
             return Ok(());
         }
-        std::thread::sleep(Duration::from_millis(20));
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     bail!("nothing listening on port {port} after {within:?}")
 }
@@ -107,7 +156,6 @@ impl Process {
         })
     }
 
-    /// The process id.
     /// The process id, while it runs (`None` once killed and reaped).
     pub fn pid(&self) -> Option<Pid> {
         self.child.as_ref().map(|c| Pid::from_raw(c.id() as i32))
@@ -130,21 +178,38 @@ impl Process {
     }
 
     /// Sends SIGTERM and waits up to `within` for a clean exit; returns whether it exited 0.
-    pub fn terminate(&mut self, within: Duration) -> bool {
+    /// (SIGKILLed when it outlives `within`.)
+    pub async fn terminate(&mut self, within: Duration) -> bool {
         self.signal(Signal::SIGTERM);
+        self.wait_exit(within)
+            .await
+            .is_some_and(|status| status.success())
+    }
+
+    /// Sends SIGINT (what Ctrl-C sends) and waits up to `within` for a clean exit; returns
+    /// whether it exited 0. (SIGKILLed when it outlives `within`.)
+    pub async fn interrupt(&mut self, within: Duration) -> bool {
+        self.signal(Signal::SIGINT);
+        self.wait_exit(within)
+            .await
+            .is_some_and(|status| status.success())
+    }
+
+    /// Waits up to `within` for it to exit and reaps it; SIGKILLs it past that (`None`).
+    async fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
         let deadline = Instant::now() + within;
         while let Some(child) = self.child.as_mut() {
             if let Ok(Some(status)) = child.try_wait() {
                 self.child = None;
-                return status.success();
+                return Some(status);
             }
             if Instant::now() > deadline {
                 self.kill();
-                return false;
+                return None;
             }
-            std::thread::sleep(Duration::from_millis(20));
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        false
+        None
     }
 
     /// True while it runs.
@@ -187,42 +252,47 @@ pub struct Redis {
     port: u16,
     dir: tempfile::TempDir,
     aof_always: bool,
-    /// Extra environment for the `redis-server` process (e.g. libfaketime's).
-    env: Vec<(String, String)>,
 }
 
 impl Redis {
     /// Starts one without persistence.
-    pub fn start() -> anyhow::Result<Self> {
-        Self::start_with(false)
+    pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with(false).await
     }
 
     /// Starts one; with `aof_always`, every write is fsynced to the AOF before Redis answers.
-    pub fn start_with(aof_always: bool) -> anyhow::Result<Self> {
-        Self::start_with_env(aof_always, &[])
-    }
-
-    /// Starts one with extra environment variables for the process.
-    pub fn start_with_env(aof_always: bool, env: &[(String, String)]) -> anyhow::Result<Self> {
+    ///
+    /// redis-server cannot bind port 0 and tell which port it got, so it is given a
+    /// [`free_port`]; should something else have taken that port meanwhile, it is started
+    /// again on another one.
+    pub async fn start_with(aof_always: bool) -> anyhow::Result<Self> {
         let mut redis = Self {
             process: None,
             port: free_port(),
             dir: tempfile::tempdir()?,
             aof_always,
-            env: env.to_vec(),
         };
-        redis.launch()?;
-        Ok(redis)
+        let mut tries = 0;
+        loop {
+            match redis.launch().await? {
+                Launch::Ready => return Ok(redis),
+                Launch::PortTaken if tries < 5 => {
+                    tries += 1;
+                    redis.port = free_port();
+                }
+                Launch::PortTaken => bail!("redis-server found every port it was given taken"),
+            }
+        }
     }
 
-    fn launch(&mut self) -> anyhow::Result<()> {
+    /// Starts redis-server on `self.port` and waits until it answers PING.
+    async fn launch(&mut self) -> anyhow::Result<Launch> {
         let mut command = Command::new("redis-server");
         command
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--maxmemory-policy", "noeviction"])
             .arg("--dir")
             .arg(self.dir.path());
-        command.envs(self.env.iter().map(|(k, v)| (k, v)));
         if self.aof_always {
             command.args(["--appendonly", "yes", "--appendfsync", "always"]);
         } else {
@@ -232,23 +302,25 @@ impl Redis {
         let process = Process::spawn("redis-server", &mut command, log).map_err(|e| {
             e.context("redis-server is required for the tests: install it (Debian/Ubuntu: apt-get install redis-server; macOS: brew install redis)")
         })?;
-        self.process = Some(process);
-        wait_for_port(self.port, Duration::from_secs(10))?;
-        // Wait until it has loaded its data set and answers.
-        let url = self.url();
+        let process = self.process.insert(process);
+        // Wait until it has loaded its data set and answers, or has given up on its port.
         let deadline = Instant::now() + patience(Duration::from_secs(10));
         loop {
-            let ok = redis::Client::open(url.as_str())
-                .and_then(|c| c.get_connection())
-                .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
-                .is_ok();
-            if ok {
-                return Ok(());
+            if ping(self.port).await {
+                return Ok(Launch::Ready);
+            }
+            if !process.is_running() {
+                let log = process.log();
+                self.process = None;
+                if log.contains("Address already in use") {
+                    return Ok(Launch::PortTaken);
+                }
+                bail!("redis-server on {} exited at start-up:\n{log}", self.port);
             }
             if Instant::now() > deadline {
                 bail!("redis-server on {} does not answer PING", self.port);
             }
-            std::thread::sleep(Duration::from_millis(20));
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
@@ -264,10 +336,15 @@ impl Redis {
         }
     }
 
-    /// Starts it again on the same port and directory (reloading the AOF if enabled).
-    pub fn restart(&mut self) -> anyhow::Result<()> {
+    /// Starts it again on the same port and directory (reloading the AOF if enabled). Its
+    /// clients keep their URL, so the port cannot change: should another program have taken
+    /// it meanwhile, this fails.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
         self.kill();
-        self.launch()
+        match self.launch().await? {
+            Launch::Ready => Ok(()),
+            Launch::PortTaken => bail!("port {} was taken while redis-server was down", self.port),
+        }
     }
 
     /// A synchronous connection, for inspecting and corrupting state in tests.
@@ -276,6 +353,30 @@ impl Redis {
             .and_then(|c| c.get_connection())
             .expect("connect to the test redis")
     }
+}
+
+/// How a launch of redis-server ended.
+enum Launch {
+    /// It answers PING.
+    Ready,
+    /// It exited because its port was taken.
+    PortTaken,
+}
+
+/// True when a Redis on 127.0.0.1:`port` answers PING with PONG (not, e.g., `-LOADING`).
+async fn ping(port: u16) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+        stream.write_all(b"PING\r\n").await?;
+        let mut reply = [0u8; 7];
+        stream.read_exact(&mut reply).await?;
+        Ok::<_, std::io::Error>(&reply == b"+PONG\r\n")
+    };
+    matches!(
+        tokio::time::timeout(Duration::from_secs(1), exchange).await,
+        Ok(Ok(true))
+    )
 }
 
 /// A running scheduler process.
@@ -297,7 +398,7 @@ pub struct HarnessBuilder {
     scheduler_args: Vec<String>,
     aof_always: bool,
     env: Vec<(String, String)>,
-    redis_env: Vec<(String, String)>,
+    scheduler_env: Vec<(String, String)>,
 }
 
 /// Redis, a scheduler, executors and a client, all real.
@@ -326,7 +427,7 @@ impl Harness {
             scheduler_args: Vec::new(),
             aof_always: false,
             env: Vec::new(),
-            redis_env: Vec::new(),
+            scheduler_env: Vec::new(),
         }
     }
 
@@ -347,17 +448,24 @@ impl Harness {
         Ok(self.executors.len() - 1)
     }
 
-    /// Starts the scheduler again (after killing it) on the same port.
-    pub fn restart_scheduler(&mut self, extra: &[String]) -> anyhow::Result<()> {
+    /// Starts the scheduler again (after killing it) on the same gRPC and HTTP ports, so the
+    /// client and the HTTP address stay valid.
+    pub async fn restart_scheduler(&mut self, extra: &[String]) -> anyhow::Result<()> {
         self.scheduler.process.kill();
-        let port: u16 = self
+        let grpc = self
             .scheduler
             .endpoint
-            .rsplit(':')
-            .next()
-            .and_then(|p| p.parse().ok())
-            .context("scheduler port")?;
-        self.scheduler = start_scheduler(&self.redis, self.dir.path(), port, extra, &self.env)?;
+            .trim_start_matches("http://")
+            .to_owned();
+        let http = self.scheduler.http_addr.clone();
+        self.scheduler = start_scheduler(
+            &self.redis,
+            self.dir.path(),
+            (&grpc, &http),
+            extra,
+            &self.env,
+        )
+        .await?;
         Ok(())
     }
 
@@ -401,33 +509,75 @@ impl Harness {
     }
 }
 
-fn start_scheduler(
+/// Scheduler starts in this process, to give each its own log file.
+static SCHEDULER_STARTS: AtomicUsize = AtomicUsize::new(0);
+
+/// Starts a scheduler listening on `listen` (gRPC, HTTP), and waits until it serves. Given
+/// port 0 (as at a first start) it binds whatever port the kernel gives it, which is then read
+/// from its log: no other process can take a port between its choice and its use.
+async fn start_scheduler(
     redis: &Redis,
     dir: &Path,
-    port: u16,
+    listen: (&str, &str),
     extra: &[String],
     env: &[(String, String)],
 ) -> anyhow::Result<Scheduler> {
-    let http_port = free_port();
+    let n = SCHEDULER_STARTS.fetch_add(1, Ordering::Relaxed) + 1;
     let mut command = Command::new(binary("tarefa-scheduler-test"));
     command
         .args(["--redis-url", &redis.url()])
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .args(["--http-listen", &format!("127.0.0.1:{http_port}")])
+        .args(["--listen", listen.0])
+        .args(["--http-listen", listen.1])
         .args(extra)
         .env("RUST_LOG", "info")
         .envs(env.iter().map(|(k, v)| (k, v)));
-    let process = Process::spawn(
+    let mut process = Process::spawn(
         "scheduler",
         &mut command,
-        dir.join(format!("scheduler-{port}.log")),
+        dir.join(format!("scheduler-{n}.log")),
     )?;
-    wait_for_port(port, Duration::from_secs(20))?;
+    let deadline = Instant::now() + patience(Duration::from_secs(20));
+    let (grpc, http) = loop {
+        let log = process.log();
+        let grpc = logged_address(&log, "scheduler listening", "grpc");
+        let http = logged_address(&log, "scheduler http listening", "http");
+        if let (Some(grpc), Some(http)) = (grpc, http) {
+            break (grpc, http);
+        }
+        if !process.is_running() {
+            bail!("the scheduler exited at start-up:\n{log}");
+        }
+        if Instant::now() > deadline {
+            bail!("the scheduler did not say where it listens within 20 s:\n{log}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    wait_for_port(grpc.port(), Duration::from_secs(20)).await?;
     Ok(Scheduler {
         process,
-        endpoint: format!("http://127.0.0.1:{port}"),
-        http_addr: format!("127.0.0.1:{http_port}"),
+        endpoint: format!("http://{grpc}"),
+        http_addr: http.to_string(),
     })
+}
+
+/// The address in field `field` of the log line saying `message`, in the plain
+/// (`message field=addr`) or the JSON (`"field":"addr"`) log format.
+fn logged_address(log: &str, message: &str, field: &str) -> Option<SocketAddr> {
+    let plain = format!("{field}=");
+    let json = format!("\"{field}\":\"");
+    log.lines()
+        .filter(|line| line.contains(message))
+        .find_map(|line| {
+            let at = line
+                .find(&json)
+                .map(|i| i + json.len())
+                .or_else(|| line.find(&plain).map(|i| i + plain.len()))?;
+            let rest = &line[at..];
+            let end = rest
+                .find(|c: char| c.is_whitespace() || c == '"' || c == ',')
+                .unwrap_or(rest.len());
+            rest[..end].parse().ok()
+        })
 }
 
 impl HarnessBuilder {
@@ -455,29 +605,30 @@ impl HarnessBuilder {
         self
     }
 
-    /// An environment variable for the `redis-server` process only.
-    pub fn redis_env(mut self, key: &str, value: &str) -> Self {
-        self.redis_env.push((key.to_owned(), value.to_owned()));
-        self
-    }
-
     /// Redis with AOF and `appendfsync always`.
     pub fn aof_always(mut self) -> Self {
         self.aof_always = true;
         self
     }
 
+    /// An environment variable for the scheduler only (after those of [`Self::env`]).
+    pub fn scheduler_env(mut self, key: &str, value: &str) -> Self {
+        self.scheduler_env.push((key.to_owned(), value.to_owned()));
+        self
+    }
+
     /// Starts everything and connects the client.
     pub async fn start(self) -> anyhow::Result<Harness> {
-        let redis = Redis::start_with_env(self.aof_always, &self.redis_env)?;
+        let redis = Redis::start_with(self.aof_always).await?;
         let dir = tempfile::tempdir()?;
         let scheduler = start_scheduler(
             &redis,
             dir.path(),
-            free_port(),
+            ("127.0.0.1:0", "127.0.0.1:0"),
             &self.scheduler_args,
-            &self.env,
-        )?;
+            &[self.env.clone(), self.scheduler_env.clone()].concat(),
+        )
+        .await?;
         let client = tarefa_client::Client::connect(scheduler.endpoint.clone()).await?;
         let mut harness = Harness {
             redis,
@@ -507,8 +658,8 @@ impl Process {
 
 /// Waits until something accepts connections on 127.0.0.1:`port`, for `within` times the
 /// patience factor.
-pub fn wait_for_listener(port: u16, within: Duration) -> anyhow::Result<()> {
-    wait_for_port(port, within)
+pub async fn wait_for_listener(port: u16, within: Duration) -> anyhow::Result<()> {
+    wait_for_port(port, within).await
 }
 
 /// Runs `command` to completion (killed if it outlives `within`, times the patience factor)
@@ -584,4 +735,58 @@ pub fn trace_id_of(traceparent: &str) -> &str {
     );
     assert!(well_formed, "malformed traceparent {traceparent:?}");
     parts[1]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn free_ports_never_repeat_and_stay_out_of_the_kernels_range() {
+        let floor = ephemeral_floor();
+        let ports: Vec<u16> = (0..200).map(|_| free_port()).collect();
+        let distinct: HashSet<u16> = ports.iter().copied().collect();
+        assert_eq!(distinct.len(), ports.len(), "a port was handed out twice");
+        assert!(ports.iter().all(|p| *p >= 1024 && *p < floor), "{ports:?}");
+    }
+
+    #[test]
+    fn addresses_are_read_from_plain_and_json_logs() {
+        let plain = "2026-11-29T17:00:00Z  INFO scheduler listening grpc=127.0.0.1:40001\n\
+                     2026-11-29T17:00:00Z  INFO scheduler http listening (health, metrics, dashboard) http=127.0.0.1:40002";
+        assert_eq!(
+            logged_address(plain, "scheduler listening", "grpc"),
+            Some(SocketAddr::from(([127, 0, 0, 1], 40001)))
+        );
+        assert_eq!(
+            logged_address(plain, "scheduler http listening", "http"),
+            Some(SocketAddr::from(([127, 0, 0, 1], 40002)))
+        );
+        let json = r#"{"timestamp":"…","level":"INFO","fields":{"message":"scheduler listening","grpc":"127.0.0.1:40003"}}"#;
+        assert_eq!(
+            logged_address(json, "scheduler listening", "grpc"),
+            Some(SocketAddr::from(([127, 0, 0, 1], 40003)))
+        );
+        assert_eq!(
+            logged_address(json, "scheduler http listening", "http"),
+            None
+        );
+    }
+
+    #[tokio::test]
+    async fn redis_says_when_its_port_is_taken_and_starts_on_a_free_one() -> anyhow::Result<()> {
+        let taken = TcpListener::bind("127.0.0.1:0")?;
+        let mut redis = Redis {
+            process: None,
+            port: taken.local_addr()?.port(),
+            dir: tempfile::tempdir()?,
+            aof_always: false,
+        };
+        assert!(matches!(redis.launch().await?, Launch::PortTaken));
+        assert!(redis.process.is_none());
+        redis.port = free_port();
+        assert!(matches!(redis.launch().await?, Launch::Ready));
+        assert!(ping(redis.port).await);
+        Ok(())
+    }
 }

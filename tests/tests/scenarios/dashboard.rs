@@ -4,7 +4,8 @@
 //! The story: an executor dies while it runs a task with one attempt, so the task goes DEAD
 //! ("lease expired"). An operator signs in, finds it among the dead tasks, clicks retry, and
 //! watches it succeed on the executor that is still alive. Then they pause and resume a queue,
-//! purge dead tasks through the confirmation, and the page must show a hostile payload as text.
+//! purge dead tasks through the confirmation, cancel a running task from its page, and the page
+//! must show a hostile payload as text.
 //!
 //! Needs `chromium` and `chromedriver` (Debian: `apt-get install chromium chromium-driver`);
 //! their absence fails the test. `CHROMIUM` and `CHROMEDRIVER` override the paths.
@@ -700,6 +701,25 @@ async fn drive_browser(scene: &Scene) -> anyhow::Result<()> {
         let task = h.wait_final(id, PATIENCE).await;
         assert_eq!(task.errors.len(), 2, "{task:?}");
     }
+
+    // Cancel a running task from its page: its executor stops the handler.
+    let long = h.client.submit(Sleep { ms: 600_000 }).await?;
+    let long_id = long.id().to_owned();
+    b.goto(&format!("{base}/#/task/{long_id}")).await?;
+    b.wait_text("#task-state", "the long task shown running", |t| {
+        t == "RUNNING"
+    })
+    .await;
+    b.click("#task-cancel").await;
+    b.wait_text(
+        "#task-state",
+        "the cancelled task, shown without a reload",
+        |t| t == "CANCELLED",
+    )
+    .await;
+    let cancelled = h.client.get(&long_id).await?;
+    assert_eq!(cancelled.state(), TaskState::Cancelled, "{cancelled:?}");
+    assert!(cancelled.result.is_empty(), "{cancelled:?}");
 
     browser.quit().await;
     Ok(())

@@ -227,7 +227,9 @@ async fn discovery_a_type_without_a_live_handler_waits_then_fails() -> anyhow::R
 
     // SIGTERM: withdraws itself and exits 0.
     assert!(
-        worker.terminate(tarefa_tests::patience(Duration::from_secs(30))),
+        worker
+            .terminate(tarefa_tests::patience(Duration::from_secs(30)))
+            .await,
         "{}",
         worker.log()
     );

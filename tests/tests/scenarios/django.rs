@@ -187,7 +187,9 @@ async fn django_app_delay_on_commit_worker_and_admin() -> anyhow::Result<()> {
 
     // Graceful shutdown: exits 0 and withdraws its announcement.
     assert!(
-        worker.terminate(tarefa_tests::patience(Duration::from_secs(30))),
+        worker
+            .terminate(tarefa_tests::patience(Duration::from_secs(30)))
+            .await,
         "tarefa_worker did not exit cleanly:\n{}",
         worker.log()
     );
@@ -231,6 +233,10 @@ async fn django_example_runs_on_decorated_tasks() -> anyhow::Result<()> {
         output.contains("Ran 4 tests") && output.contains("\nOK"),
         "{output}"
     );
-    assert!(worker.terminate(tarefa_tests::patience(Duration::from_secs(30))));
+    assert!(
+        worker
+            .terminate(tarefa_tests::patience(Duration::from_secs(30)))
+            .await
+    );
     Ok(())
 }

@@ -204,7 +204,7 @@ async fn redis_outage_longer_than_the_lease_restarts_nothing() -> anyhow::Result
     // The outage itself: twice the lease, with every executor alive and heartbeating into the
     // void.
     tokio::time::sleep(Duration::from_millis(4000)).await;
-    h.redis.restart()?;
+    h.redis.restart().await?;
     for id in &ids {
         let task = h.wait_final(id, Duration::from_secs(30)).await;
         assert_eq!(
@@ -527,7 +527,7 @@ async fn shutdown_past_the_grace_period_releases_uncharged() -> anyhow::Result<(
     let handle = h.client.submit_with(Sleep { ms: 4000 }, &options).await?;
     wait_state(&h, handle.id(), TaskState::Running, Duration::from_secs(10)).await;
     assert!(
-        h.executors[0].terminate(Duration::from_secs(10)),
+        h.executors[0].terminate(Duration::from_secs(10)).await,
         "the executor did not exit cleanly"
     );
     let queued = h.client.get(handle.id()).await?;
@@ -643,7 +643,7 @@ async fn the_first_calls_after_a_redis_restart_succeed() -> anyhow::Result<()> {
     let mut h = Harness::builder().executors(0).start().await?;
     let first = h.client.submit(Echo(serde_json::json!(1))).await?;
     h.client.get(first.id()).await?;
-    h.redis.restart()?;
+    h.redis.restart().await?;
     let second = h.client.submit(Echo(serde_json::json!(2))).await;
     let second = second.expect("first submit after the restart");
     h.client

@@ -8,6 +8,7 @@ mod dashboard;
 mod discovery;
 mod django;
 mod faults;
+mod lifecycle;
 mod node;
 mod polyglot;
 mod reliability;

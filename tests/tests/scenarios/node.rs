@@ -120,7 +120,7 @@ async fn node_producer_and_grpc_handler() -> anyhow::Result<()> {
         &mut command,
         logs.path().join("handler.log"),
     )?;
-    if let Err(error) = wait_for_listener(port, Duration::from_secs(30)) {
+    if let Err(error) = wait_for_listener(port, Duration::from_secs(30)).await {
         panic!(
             "the node handler did not listen: {error}\n{}",
             handler.log()

@@ -143,7 +143,7 @@ pub(crate) async fn run_python(python: &Path, args: &[&str], within: Duration) -
 }
 
 /// Starts a long-running Python script that listens on `port`.
-pub(crate) fn start_python(
+pub(crate) async fn start_python(
     python: &Path,
     name: &str,
     args: &[&str],
@@ -154,7 +154,7 @@ pub(crate) fn start_python(
     command.args(args).env("PYTHONUNBUFFERED", "1");
     let process =
         Process::start(name, &mut command, logs.join(format!("{name}.log"))).expect("start python");
-    if let Err(error) = wait_for_listener(port, Duration::from_secs(30)) {
+    if let Err(error) = wait_for_listener(port, Duration::from_secs(30)).await {
         panic!("{name} did not listen: {error}\n{}", process.log());
     }
     process
@@ -354,7 +354,8 @@ async fn python_producers_and_grpc_handlers() -> anyhow::Result<()> {
         ],
         example_port,
         logs.path(),
-    );
+    )
+    .await;
     let _test = start_python(
         &python,
         "test-handler",
@@ -365,7 +366,8 @@ async fn python_producers_and_grpc_handlers() -> anyhow::Result<()> {
         ],
         test_port,
         logs.path(),
-    );
+    )
+    .await;
 
     // The examples, as a user runs them.
     let output = run_python(
@@ -534,7 +536,8 @@ async fn http_handlers_succeed_fail_and_retry_by_status() -> anyhow::Result<()> 
         &[script.to_str().expect("utf-8"), &port.to_string()],
         port,
         logs.path(),
-    );
+    )
+    .await;
     let url = |path: &str| format!("http://127.0.0.1:{port}/{path}");
     let routes = [
         format!("http.ok={}", url("ok")),

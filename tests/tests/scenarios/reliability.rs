@@ -194,7 +194,7 @@ async fn redis_killed_under_load_loses_no_acknowledged_task() -> anyhow::Result<
         .await;
     h.redis.kill();
     tokio::time::sleep(Duration::from_millis(500)).await;
-    h.redis.restart()?;
+    h.redis.restart().await?;
     let before = load.accepted_count();
     load.wait_accepted(
         "submits accepted again after the restart",
@@ -701,7 +701,7 @@ async fn sigterm_drains_in_flight_tasks() -> anyhow::Result<()> {
     let handle = h.client.submit(Sleep { ms: 1500 }).await?;
     wait_state(&h, handle.id(), TaskState::Running, Duration::from_secs(10)).await;
     // Blocking here is fine: nothing else runs on this test's runtime meanwhile.
-    let clean = h.executors[0].terminate(Duration::from_secs(20));
+    let clean = h.executors[0].terminate(Duration::from_secs(20)).await;
     assert!(clean, "exited 0");
     let task = h.client.get(handle.id()).await?;
     assert_eq!((task.state(), task.attempt), (TaskState::Succeeded, 1));
