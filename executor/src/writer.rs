@@ -72,10 +72,8 @@ pub(crate) async fn write_outcomes(shared: Arc<Shared>, mut receiver: mpsc::Rece
         }
         let mut outage = false;
         for group in groups {
-            let completions: Vec<Completion> = group
-                .iter()
-                .map(|item| item.finished.completion.clone())
-                .collect();
+            let completions: Vec<&Completion> =
+                group.iter().map(|item| &item.finished.completion).collect();
             let results = shared
                 .broker
                 .complete(&shared.executor_id, &completions)

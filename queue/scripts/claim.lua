@@ -2,10 +2,10 @@
 -- number goes up by one and it gets a new fencing token (`f`, see next_fence: it only ever
 -- grows), and its record is returned. The lease is the entry's place in the group's pending
 -- list, which XREADGROUP has just given this executor: its idle time is the lease's age
--- (renew.lua resets it, reclaim.lua takes back entries idle longer than the holder's lease,
--- which this script records in LEASES), so a claim writes no lease of its own.
--- ARGV: executor id, max deliveries (>= 1), dead ttl (ms), lease (ms), then pairs of
--- (entry id, task id).
+-- (renew.lua resets it and records the holder's lease in LEASES; reclaim.lua takes back
+-- entries idle longer than it), so a claim writes no lease of its own.
+-- ARGV: executor id, max deliveries (>= 1), dead ttl (ms), lease (ms, unused: the heartbeat
+-- records it), then pairs of (entry id, task id).
 -- A paused queue claims nothing: the entries go back to the end of the stream as they were,
 -- so no task starts once PauseQueue has answered, whatever an executor has heard so far.
 -- Returns {paused (0/1), rows}, a row per claimed task: id, attempt, spec (the immutable fields, packed), max attempts,
@@ -19,7 +19,8 @@ local dead_ttl = tonumber(ARGV[3])
 local now = now_ms()
 local now_s = tostring(now)
 local out = {}
-redis.call('HSET', LEASES, executor, ARGV[4])
+-- (The executor's lease is recorded in LEASES by its heartbeat, which runs before its first
+-- claim and every heartbeat interval after: not once more per claim call.)
 
 if redis.call('EXISTS', PAUSED) == 1 then
   for i = 5, #ARGV, 2 do

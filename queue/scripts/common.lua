@@ -32,9 +32,15 @@ end
 -- task ever had, even across RetryTask (which resets the attempt number shown to users) and a
 -- restore of Redis from an older snapshot (the token is at least Redis's clock in
 -- microseconds, so one issued after the restore exceeds those issued before it).
+-- Redis's clock is read once per script call (a batch of claims shares it: tokens need only be
+-- unique per task).
+local fence_clock_us = nil
 local function next_fence(previous)
-  local t = redis.call('TIME')
-  local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  if not fence_clock_us then
+    local t = redis.call('TIME')
+    fence_clock_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  end
+  local now_us = fence_clock_us
   local p = tonumber(previous) or 0
   if p + 1 > now_us then now_us = p + 1 end
   return string.format('%d', now_us)

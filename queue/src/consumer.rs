@@ -188,7 +188,7 @@ impl Broker {
     pub async fn complete(
         &self,
         executor_id: &str,
-        completions: &[Completion],
+        completions: &[&Completion],
     ) -> Vec<Result<Written>> {
         let mut by_queue: HashMap<&str, Vec<usize>> = HashMap::new();
         for (index, completion) in completions.iter().enumerate() {
@@ -204,7 +204,7 @@ impl Broker {
                 .arg(self.config.dead_ttl.as_millis() as u64)
                 .arg(executor_id);
             for &index in &indexes {
-                let completion = &completions[index];
+                let completion = completions[index];
                 invocation.arg(completion.id.local()).arg(completion.fence);
                 match &completion.outcome {
                     Outcome::Succeeded(result) => invocation.arg("ok").arg(result).arg(0),
