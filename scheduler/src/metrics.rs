@@ -22,12 +22,30 @@ struct CodeLabels {
     code: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RefusedLabels {
+    port: String,
+    code: String,
+}
+
+/// One audited admin action. `token` is a configured name (or `anonymous`), so the series
+/// are as many as the tokens, never one per caller-chosen value.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AdminLabels {
+    action: String,
+    via: String,
+    token: String,
+    outcome: String,
+}
+
 /// Counters of this scheduler process.
 #[derive(Clone)]
 pub struct Metrics {
     registry: Arc<Registry>,
     submitted: Family<TaskLabels, Counter>,
     rejected: Family<CodeLabels, Counter>,
+    auth_refused: Family<RefusedLabels, Counter>,
+    admin_actions: Family<AdminLabels, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -58,10 +76,24 @@ impl Metrics {
             "Submits rejected by this scheduler, by gRPC status code",
             rejected.clone(),
         );
+        let auth_refused = Family::<RefusedLabels, Counter>::default();
+        registry.register(
+            "tarefa_scheduler_auth_refused",
+            "Calls refused for missing or insufficient credentials, by port and code",
+            auth_refused.clone(),
+        );
+        let admin_actions = Family::<AdminLabels, Counter>::default();
+        registry.register(
+            "tarefa_scheduler_admin_actions",
+            "Admin actions (cancel, retry, pause, resume, purge) by token and outcome",
+            admin_actions.clone(),
+        );
         Self {
             registry: Arc::new(registry),
             submitted,
             rejected,
+            auth_refused,
+            admin_actions,
         }
     }
 
@@ -82,12 +114,58 @@ impl Metrics {
             .inc();
     }
 
+    pub(crate) fn auth_refused(&self, port: &str, code: tonic::Code) {
+        self.auth_refused
+            .get_or_create(&RefusedLabels {
+                port: port.to_owned(),
+                code: format!("{code:?}"),
+            })
+            .inc();
+    }
+
+    /// Records an admin action in the audit log (target `tarefa::audit`) and its counter.
+    pub(crate) fn admin_action(&self, action: &AdminAction<'_>, outcome: &str) {
+        tracing::info!(
+            target: "tarefa::audit",
+            who = %action.who,
+            action = action.action,
+            via = action.via,
+            queue = action.queue,
+            task_id = action.task_id.unwrap_or(""),
+            outcome,
+            "admin action"
+        );
+        self.admin_actions
+            .get_or_create(&AdminLabels {
+                action: action.action.to_owned(),
+                via: action.via.to_owned(),
+                token: action.who.to_owned(),
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+    }
+
     /// The process counters in Prometheus text format (without the final `# EOF`).
     pub fn encode(&self) -> String {
         let mut text = String::new();
         let _ = prometheus_client::encoding::text::encode_registry(&mut text, &self.registry);
         text
     }
+}
+
+/// What an audited admin action was.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct AdminAction<'a> {
+    /// The caller's token name (or certificate identity, or `anonymous`).
+    pub who: &'a str,
+    /// `cancel`, `retry`, `pause`, `resume`, `purge-dead`, `retry-dead`.
+    pub action: &'static str,
+    /// `grpc` or `dashboard`.
+    pub via: &'static str,
+    /// The queue acted on.
+    pub queue: &'a str,
+    /// The task acted on, if one.
+    pub task_id: Option<&'a str>,
 }
 
 /// A metric name, its help, and how to read it from a queue's stats.

@@ -7,5 +7,6 @@ mod dashboard;
 mod node;
 mod polyglot;
 mod reliability;
+mod security;
 mod spine;
 mod tracing;

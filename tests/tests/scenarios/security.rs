@@ -1,0 +1,428 @@
+//! Who may do what, proven against a real scheduler: every RPC and every dashboard action
+//! × {no token, read, submit, admin, a token for another queue}; sessions that are not the
+//! token and end on sign-out; the audit log; the Host check; protected metrics; TLS and mTLS
+//! with certificates made at test time; and the limits an open port needs.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tarefa_client::ConnectOptions;
+use tarefa_proto as pb;
+use tarefa_tests::{Harness, eventually};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tonic::Code;
+
+const ADMIN: &str = "admin-secret-0123456789";
+const READER: &str = "reader-secret-0123456789";
+const SUBMITTER: &str = "submitter-secret-0123456789";
+const MAIL_ADMIN: &str = "mail-admin-secret-0123456789";
+
+fn tokens() -> String {
+    format!(
+        "admin:admin:*:{ADMIN};reader:read:*:{READER};submitter:submit:*:{SUBMITTER};\
+         mailadmin:admin:mail:{MAIL_ADMIN}"
+    )
+}
+
+fn with_token(token: &str) -> ConnectOptions {
+    ConnectOptions {
+        token: Some(token.to_owned()),
+        ..ConnectOptions::default()
+    }
+}
+
+/// One raw HTTP/1.1 exchange: status, headers (lowercase) and body.
+async fn http(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> anyhow::Result<(u16, String, String)> {
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await?;
+        let mut request =
+            format!("{method} {path} HTTP/1.1\r\nConnection: close\r\nContent-Length: 0\r\n");
+        if !headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("host")) {
+            request.push_str(&format!("Host: {addr}\r\n"));
+        }
+        for (name, value) in headers {
+            request.push_str(&format!("{name}: {value}\r\n"));
+        }
+        request.push_str("\r\n");
+        stream.write_all(request.as_bytes()).await?;
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw).await?;
+        anyhow::Ok(raw)
+    };
+    let raw = tokio::time::timeout(Duration::from_secs(30), exchange)
+        .await
+        .context("no answer")??;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").context("no end of headers")?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .context("no status")?
+        .parse()?;
+    Ok((status, head.to_ascii_lowercase(), body.to_owned()))
+}
+
+/// The five callers of the matrix, by name, with their token.
+fn callers() -> [(&'static str, Option<&'static str>); 5] {
+    [
+        ("none", None),
+        ("read", Some(READER)),
+        ("submit", Some(SUBMITTER)),
+        ("admin", Some(ADMIN)),
+        ("wrong-queue", Some(MAIL_ADMIN)),
+    ]
+}
+
+/// What an RPC or action is expected to give each caller: refused as UNAUTHENTICATED,
+/// PERMISSION_DENIED, or allowed (any answer that is not an auth refusal).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Expect {
+    Unauthenticated,
+    Denied,
+    Allowed,
+}
+
+fn expected(scope: &str, caller: &str) -> Expect {
+    match (scope, caller) {
+        (_, "none") => Expect::Unauthenticated,
+        (_, "admin") => Expect::Allowed,
+        ("read", "read") | ("submit", "submit") => Expect::Allowed,
+        // A token for `mail` only: lists show it nothing of `default`, everything else is
+        // refused on `default`.
+        ("list-queues", "wrong-queue") => Expect::Allowed,
+        ("list-queues", "read") => Expect::Allowed,
+        _ => Expect::Denied,
+    }
+}
+
+fn verdict(code: Code) -> Expect {
+    match code {
+        Code::Unauthenticated => Expect::Unauthenticated,
+        Code::PermissionDenied => Expect::Denied,
+        _ => Expect::Allowed,
+    }
+}
+
+fn http_verdict(status: u16) -> Expect {
+    match status {
+        401 => Expect::Unauthenticated,
+        403 => Expect::Denied,
+        _ => Expect::Allowed,
+    }
+}
+
+#[tokio::test]
+async fn every_rpc_and_dashboard_action_checks_its_scope_and_queue() -> anyhow::Result<()> {
+    let h = Harness::builder()
+        .env("TAREFA_TOKENS", &tokens())
+        .client_options(with_token(ADMIN))
+        .start()
+        .await?;
+    let task = h
+        .client
+        .submit(tarefa_client::builtin::Fib { n: 10 })
+        .await?;
+    h.wait_final(task.id(), Duration::from_secs(30)).await;
+    let task_id = task.id().to_owned();
+
+    let mut failures = Vec::new();
+    for (caller, token) in callers() {
+        let client = match token {
+            Some(token) => {
+                tarefa_client::Client::connect_with(h.scheduler.endpoint.clone(), with_token(token))
+                    .await?
+            }
+            None => {
+                tarefa_client::Client::connect_with(
+                    h.scheduler.endpoint.clone(),
+                    ConnectOptions::default(),
+                )
+                .await?
+            }
+        };
+        let submit = || pb::SubmitTaskRequest {
+            queue: "default".to_owned(),
+            task_type: "echo".to_owned(),
+            payload: b"{}".to_vec(),
+            ..Default::default()
+        };
+        let code = |r: Result<(), tarefa_client::Error>| match r {
+            Ok(()) => Code::Ok,
+            Err(error) => error.code().unwrap_or(Code::Unknown),
+        };
+        let results: Vec<(&str, &str, Code)> = vec![
+            (
+                "SubmitTask",
+                "submit",
+                code(client.submit_raw(submit()).await.map(drop)),
+            ),
+            (
+                "SubmitTasks",
+                "submit",
+                code(client.submit_batch(vec![submit()]).await.map(drop)),
+            ),
+            (
+                "GetTask",
+                "read",
+                code(client.get(&task_id).await.map(drop)),
+            ),
+            (
+                "WatchTask",
+                "read",
+                code(match client.watch(&task_id).await {
+                    Ok(mut stream) => {
+                        use futures::StreamExt as _;
+                        match stream.next().await {
+                            Some(Err(error)) => Err(error),
+                            _ => Ok(()),
+                        }
+                    }
+                    Err(error) => Err(error),
+                }),
+            ),
+            (
+                "ListTasks",
+                "read",
+                code(
+                    client
+                        .list_tasks(pb::ListTasksRequest {
+                            queue: "default".to_owned(),
+                            state: pb::TaskState::Succeeded as i32,
+                            ..Default::default()
+                        })
+                        .await
+                        .map(drop),
+                ),
+            ),
+            (
+                "ListQueues",
+                "list-queues",
+                code(client.list_queues().await.map(|queues| {
+                    let names: Vec<&str> = queues.iter().map(|q| q.name.as_str()).collect();
+                    if caller == "wrong-queue" {
+                        assert!(!names.contains(&"default"), "{names:?}");
+                    }
+                })),
+            ),
+            (
+                "CancelTask",
+                "admin",
+                code(client.cancel(&task_id).await.map(drop)),
+            ),
+            (
+                "RetryTask",
+                "admin",
+                code(client.retry(&task_id).await.map(drop)),
+            ),
+            (
+                "PauseQueue",
+                "admin",
+                code(client.pause("default").await.map(drop)),
+            ),
+            (
+                "ResumeQueue",
+                "admin",
+                code(client.resume("default").await.map(drop)),
+            ),
+            (
+                "PurgeDeadTasks",
+                "admin",
+                code(client.purge_dead("default").await.map(drop)),
+            ),
+            (
+                "RetryDeadTasks",
+                "admin",
+                code(client.retry_dead("default").await.map(drop)),
+            ),
+            (
+                "ReportProgress",
+                "submit",
+                code(client.report_progress(&task_id, 1, 0.5, "half").await),
+            ),
+        ];
+        for (rpc, scope, code) in results {
+            let want = expected(scope, caller);
+            if verdict(code) != want {
+                failures.push(format!("{rpc} as {caller}: got {code:?}, want {want:?}"));
+            }
+        }
+    }
+
+    // The dashboard's API, with the same tokens as bearer headers.
+    let addr = h.scheduler.http_addr.clone();
+    let actions: Vec<(&str, String, &str)> = vec![
+        ("GET", "/api/queues".to_owned(), "list-queues"),
+        (
+            "GET",
+            "/api/tasks?queue=default&state=succeeded".to_owned(),
+            "read",
+        ),
+        ("GET", format!("/api/tasks/{task_id}"), "read"),
+        ("POST", format!("/api/tasks/{task_id}/retry"), "admin"),
+        ("POST", format!("/api/tasks/{task_id}/cancel"), "admin"),
+        ("POST", "/api/queues/default/pause".to_owned(), "admin"),
+        ("POST", "/api/queues/default/resume".to_owned(), "admin"),
+        ("POST", "/api/queues/default/purge-dead".to_owned(), "admin"),
+        ("POST", "/api/queues/default/retry-dead".to_owned(), "admin"),
+    ];
+    for (caller, token) in callers() {
+        for (method, path, scope) in &actions {
+            let bearer = token.map(|t| format!("Bearer {t}"));
+            let headers: Vec<(&str, &str)> = bearer
+                .as_deref()
+                .map(|b| vec![("Authorization", b)])
+                .unwrap_or_default();
+            let (status, _, body) = http(&addr, method, path, &headers).await?;
+            let want = expected(scope, caller);
+            if http_verdict(status) != want {
+                failures.push(format!(
+                    "{method} {path} as {caller}: got {status} ({body}), want {want:?}"
+                ));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+
+    // Every admin action is audited with the token's name, in the log and in a metric.
+    let log = h.scheduler.process.log();
+    assert!(
+        log.lines().any(|l| l.contains("admin action")
+            && l.contains("who=admin")
+            && l.contains("action=\"pause\"")),
+        "no audit line for admin's pause:\n{log}"
+    );
+    assert!(
+        log.lines().any(|l| l.contains("admin action")
+            && l.contains("who=reader")
+            && l.contains("outcome=\"denied\"")),
+        "no audit line for reader's refused action"
+    );
+    let (_, _, metrics) = http(&addr, "GET", "/metrics", &[]).await?;
+    assert!(
+        metrics.contains("tarefa_scheduler_admin_actions_total{")
+            && metrics.contains("token=\"admin\""),
+        "{metrics}"
+    );
+    assert!(!log.contains(ADMIN), "a token was logged");
+    Ok(())
+}
+
+#[tokio::test]
+async fn dashboard_sessions_hosts_and_protected_metrics() -> anyhow::Result<()> {
+    let h = Harness::builder()
+        .env("TAREFA_TOKENS", &tokens())
+        .scheduler_args(&["--protect-metrics", "--protect-health"])
+        .client_options(with_token(ADMIN))
+        .start()
+        .await?;
+    let addr = h.scheduler.http_addr.clone();
+    // Up: the health check needs a token now.
+    let bearer = format!("Bearer {READER}");
+    eventually("the http port", Duration::from_secs(20), || {
+        let addr = addr.clone();
+        let bearer = bearer.clone();
+        async move {
+            let (status, _, _) = http(&addr, "GET", "/healthz", &[("Authorization", &bearer)])
+                .await
+                .ok()?;
+            (status == 200).then_some(())
+        }
+    })
+    .await;
+    assert_eq!(http(&addr, "GET", "/healthz", &[]).await?.0, 401);
+    assert_eq!(http(&addr, "GET", "/metrics", &[]).await?.0, 401);
+    let (status, _, metrics) =
+        http(&addr, "GET", "/metrics", &[("Authorization", &bearer)]).await?;
+    assert_eq!(status, 200);
+    assert!(metrics.contains("tarefa_redis_up 1"), "{metrics}");
+    let wrong = "Bearer not-a-token-anyone-issued";
+    assert_eq!(
+        http(&addr, "GET", "/metrics", &[("Authorization", wrong)])
+            .await?
+            .0,
+        401
+    );
+
+    // Sign-in opens a session whose cookie is not the token; sign-out ends it on the server.
+    let login = format!("/api/login?token={ADMIN}");
+    let (status, _, _) = http(&addr, "POST", &login, &[]).await?;
+    assert_ne!(
+        status, 200,
+        "the token must come in the form body, not the URL"
+    );
+    let (status, head, body) = {
+        let exchange = async {
+            let mut stream = tokio::net::TcpStream::connect(&addr).await?;
+            let form = format!("token={ADMIN}");
+            let request = format!(
+                "POST /api/login HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
+                 Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{form}",
+                form.len()
+            );
+            stream.write_all(request.as_bytes()).await?;
+            let mut raw = Vec::new();
+            stream.read_to_end(&mut raw).await?;
+            anyhow::Ok(String::from_utf8_lossy(&raw).into_owned())
+        };
+        let text = exchange.await?;
+        let (head, body) = text.split_once("\r\n\r\n").context("headers")?;
+        let status: u16 = head.split_whitespace().nth(1).context("status")?.parse()?;
+        (status, head.to_owned(), body.to_owned())
+    };
+    assert_eq!(status, 200, "{head}\n{body}");
+    let cookie = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .starts_with("set-cookie:")
+                .then(|| l["set-cookie:".len()..].trim().to_owned())
+        })
+        .context("no session cookie")?;
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
+        "{cookie}"
+    );
+    assert!(
+        !cookie.contains(ADMIN),
+        "the cookie carries the token: {cookie}"
+    );
+    let session = cookie.split(';').next().context("cookie")?.to_owned();
+    let pause = "/api/queues/default/pause";
+    assert_eq!(
+        http(&addr, "POST", pause, &[("Cookie", &session)]).await?.0,
+        200
+    );
+    let (_, _, who) = http(&addr, "GET", "/api/session", &[("Cookie", &session)]).await?;
+    assert!(who.contains("\"name\":\"admin\""), "{who}");
+    assert_eq!(
+        http(&addr, "POST", "/api/logout", &[("Cookie", &session)])
+            .await?
+            .0,
+        200
+    );
+    assert_eq!(
+        http(&addr, "POST", pause, &[("Cookie", &session)]).await?.0,
+        401
+    );
+
+    // DNS rebinding: a page under another name reaches this port; its Host gives it away.
+    let admin = format!("Bearer {ADMIN}");
+    let rebind = [
+        ("Host", "rebind.evil.example:8080"),
+        ("Origin", "http://rebind.evil.example:8080"),
+        ("Authorization", admin.as_str()),
+    ];
+    assert_eq!(http(&addr, "POST", pause, &rebind).await?.0, 403);
+    assert_eq!(http(&addr, "GET", "/api/queues", &rebind).await?.0, 403);
+    let local = [
+        ("Host", "localhost:8080"),
+        ("Authorization", admin.as_str()),
+    ];
+    assert_eq!(http(&addr, "GET", "/api/queues", &local).await?.0, 200);
+    Ok(())
+}
