@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use tarefa_client::ConnectOptions;
 use tarefa_proto as pb;
-use tarefa_tests::{Harness, eventually};
+use tarefa_tests::{Harness, TestPki, eventually};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tonic::Code;
 
@@ -424,5 +424,260 @@ async fn dashboard_sessions_hosts_and_protected_metrics() -> anyhow::Result<()> 
         ("Authorization", admin.as_str()),
     ];
     assert_eq!(http(&addr, "GET", "/api/queues", &local).await?.0, 200);
+    Ok(())
+}
+
+/// A GET over TLS to the HTTP port, trusting `ca` (and showing `client`'s certificate).
+async fn https_get(
+    addr: &str,
+    path: &str,
+    ca: &[u8],
+    client: Option<(&[u8], &[u8])>,
+) -> anyhow::Result<(u16, String)> {
+    use rustls_pki_types::pem::PemObject as _;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca) {
+        roots.add(cert?)?;
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots);
+    let config = match client {
+        Some((cert, key)) => builder.with_client_auth_cert(
+            CertificateDer::pem_slice_iter(cert).collect::<Result<Vec<_>, _>>()?,
+            PrivateKeyDer::from_pem_slice(key)?,
+        )?,
+        None => builder.with_no_client_auth(),
+    };
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let mut stream = connector
+        .connect(ServerName::try_from("localhost")?.to_owned(), tcp)
+        .await?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await?;
+    let mut raw = Vec::new();
+    // A TLS peer may close without close_notify; what arrived is what counts.
+    let _ = stream.read_to_end(&mut raw).await;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").context("no end of headers")?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .context("no status")?
+        .parse()?;
+    Ok((status, body.to_owned()))
+}
+
+#[tokio::test]
+async fn tls_on_both_ports_and_mtls_identities_map_to_scopes() -> anyhow::Result<()> {
+    let pki = TestPki::new()?;
+    // A client certificate valid for `ops-bot` (a configured certificate identity with the
+    // admin scope) and one for `stranger` (signed by the same CA, but no identity).
+    pki.issue("ops-bot", &["ops-bot"])?;
+    pki.issue("stranger", &["stranger"])?;
+    let path = |f: &str| pki.path(f).to_string_lossy().into_owned();
+    let (cert, key, ca) = (path("server.pem"), path("server-key.pem"), path("ca.pem"));
+    let tokens = format!("{};ops-bot:admin:*:", tokens());
+    let tls_options = |identity: Option<&str>, token: Option<&str>| ConnectOptions {
+        token: token.map(str::to_owned),
+        ca_cert_pem: Some(pki.read("ca.pem")),
+        client_identity_pem: identity.map(|name| {
+            (
+                pki.read(&format!("{name}.pem")),
+                pki.read(&format!("{name}-key.pem")),
+            )
+        }),
+        tls_domain: Some("localhost".to_owned()),
+    };
+    let h = Harness::builder()
+        .env("TAREFA_TOKENS", &tokens)
+        .scheduler_args(&[
+            "--tls-cert",
+            &cert,
+            "--tls-key",
+            &key,
+            "--tls-client-ca",
+            &ca,
+            "--tls-client-auth",
+            "optional",
+        ])
+        .https()
+        .client_options(tls_options(None, Some(ADMIN)))
+        .start()
+        .await?;
+    assert!(h.scheduler.endpoint.starts_with("https://"));
+
+    // Submit and wait over TLS, with a token.
+    let fib = h
+        .client
+        .submit(tarefa_client::builtin::Fib { n: 90 })
+        .await?
+        .wait()
+        .await?;
+    assert_eq!(fib, "2880067194370816120");
+
+    // Plain text to a TLS port gets nowhere.
+    let plain = h.scheduler.endpoint.replacen("https://", "http://", 1);
+    let refused = match tarefa_client::Client::connect_with(plain, with_token(ADMIN)).await {
+        Ok(client) => client.list_queues().await.is_err(),
+        Err(_) => true,
+    };
+    assert!(refused, "a plain-text client was served on the TLS port");
+
+    // The certificate identity `ops-bot` may act with no token at all; `stranger` is only
+    // anonymous (nothing, since tokens are configured).
+    let bot = tarefa_client::Client::connect_with(
+        h.scheduler.endpoint.clone(),
+        tls_options(Some("ops-bot"), None),
+    )
+    .await?;
+    bot.pause("default").await?;
+    bot.resume("default").await?;
+    let stranger = tarefa_client::Client::connect_with(
+        h.scheduler.endpoint.clone(),
+        tls_options(Some("stranger"), None),
+    )
+    .await?;
+    let code = stranger.list_queues().await.err().and_then(|e| e.code());
+    assert_eq!(code, Some(Code::Unauthenticated));
+
+    // The HTTP port speaks TLS too, with the same identities.
+    let addr = h.scheduler.http_addr.clone();
+    let ca_pem = pki.read("ca.pem");
+    let (status, body) = eventually("the https port", Duration::from_secs(20), || {
+        let addr = addr.clone();
+        let ca_pem = ca_pem.clone();
+        async move { https_get(&addr, "/healthz", &ca_pem, None).await.ok() }
+    })
+    .await;
+    assert_eq!((status, body.as_str()), (200, "ok"));
+    let (status, _) = https_get(&addr, "/api/queues", &ca_pem, None).await?;
+    assert_eq!(status, 401);
+    let (bot_cert, bot_key) = (pki.read("ops-bot.pem"), pki.read("ops-bot-key.pem"));
+    let (status, body) =
+        https_get(&addr, "/api/session", &ca_pem, Some((&bot_cert, &bot_key))).await?;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"name\":\"ops-bot\""), "{body}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn mtls_required_refuses_clients_without_a_certificate_and_reloads_on_sighup()
+-> anyhow::Result<()> {
+    let pki = TestPki::new()?;
+    pki.issue("ops-bot", &["ops-bot"])?;
+    let path = |f: &str| pki.path(f).to_string_lossy().into_owned();
+    let (cert, key, ca) = (path("server.pem"), path("server-key.pem"), path("ca.pem"));
+    let options = |identity: bool| ConnectOptions {
+        token: None,
+        ca_cert_pem: Some(pki.read("ca.pem")),
+        client_identity_pem: identity
+            .then(|| (pki.read("ops-bot.pem"), pki.read("ops-bot-key.pem"))),
+        tls_domain: Some("localhost".to_owned()),
+    };
+    let h = Harness::builder()
+        .env("TAREFA_TOKENS", "ops-bot:admin:*:")
+        .scheduler_args(&[
+            "--tls-cert",
+            &cert,
+            "--tls-key",
+            &key,
+            "--tls-client-ca",
+            &ca,
+        ])
+        .https()
+        .client_options(options(true))
+        .start()
+        .await?;
+    h.client.list_queues().await?;
+    let anonymous =
+        match tarefa_client::Client::connect_with(h.scheduler.endpoint.clone(), options(false))
+            .await
+        {
+            Ok(client) => client.list_queues().await.err(),
+            Err(error) => Some(error),
+        };
+    let error = anonymous.context("a client without a certificate was served")?;
+    assert_ne!(error.code(), Some(Code::Ok), "{error}");
+
+    // A new server certificate (same name, new key) is picked up on SIGHUP; connections
+    // made afterwards see it, and the old client keeps working.
+    let before = std::fs::read(pki.path("server.pem"))?;
+    pki.issue("server", &["localhost", "127.0.0.1"])?;
+    h.scheduler.process.signal(nix::sys::signal::Signal::SIGHUP);
+    eventually("the reload to be logged", Duration::from_secs(20), || {
+        let log = h.scheduler.process.log();
+        async move { log.contains("tls certificate reloaded").then_some(()) }
+    })
+    .await;
+    assert_ne!(before, std::fs::read(pki.path("server.pem"))?);
+    let again =
+        tarefa_client::Client::connect_with(h.scheduler.endpoint.clone(), options(true)).await?;
+    again.list_queues().await?;
+    h.client.list_queues().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn rediss_to_a_redis_that_speaks_only_tls() -> anyhow::Result<()> {
+    use tarefa_tests::{Process, binary, free_port, wait_for_listener};
+    let pki = TestPki::new()?;
+    let dir = tempfile::tempdir()?;
+    let path = |f: &str| pki.path(f).to_string_lossy().into_owned();
+    let redis_port = free_port();
+    let mut command = std::process::Command::new("redis-server");
+    command
+        .args(["--port", "0", "--tls-port", &redis_port.to_string()])
+        .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .args(["--tls-cert-file", &path("server.pem")])
+        .args(["--tls-key-file", &path("server-key.pem")])
+        .args(["--tls-ca-cert-file", &path("ca.pem")])
+        .args(["--tls-auth-clients", "no"])
+        .arg("--dir")
+        .arg(dir.path());
+    let _redis = Process::start(
+        "redis-server (tls)",
+        &mut command,
+        dir.path().join("redis.log"),
+    )
+    .context("redis-server is required: apt-get install redis-server (built with TLS)")?;
+    wait_for_listener(redis_port, Duration::from_secs(10))?;
+
+    let url = format!("rediss://localhost:{redis_port}");
+    let (grpc, http_port) = (free_port(), free_port());
+    let mut scheduler = std::process::Command::new(binary("tarefa-scheduler-test"));
+    scheduler
+        .args([
+            "--redis-url",
+            &url,
+            "--listen",
+            &format!("127.0.0.1:{grpc}"),
+        ])
+        .args(["--http-listen", &format!("127.0.0.1:{http_port}")])
+        .env("TAREFA_REDIS_CA_CERT", pki.path("ca.pem"))
+        .env("RUST_LOG", "info");
+    let _scheduler = Process::start(
+        "scheduler",
+        &mut scheduler,
+        dir.path().join("scheduler.log"),
+    )?;
+    let mut executor = std::process::Command::new(binary("tarefa-executor-test"));
+    executor
+        .args(["--redis-url", &url])
+        .env("TAREFA_REDIS_CA_CERT", pki.path("ca.pem"))
+        .env("RUST_LOG", "info");
+    let _executor = Process::start("executor", &mut executor, dir.path().join("executor.log"))?;
+    wait_for_listener(grpc, Duration::from_secs(20))?;
+
+    let client = tarefa_client::Client::connect(format!("http://127.0.0.1:{grpc}")).await?;
+    let fib = client
+        .submit(tarefa_client::builtin::Fib { n: 90 })
+        .await?
+        .wait()
+        .await?;
+    assert_eq!(fib, "2880067194370816120");
     Ok(())
 }
