@@ -3,6 +3,12 @@
 
 use std::fmt::Write as _;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// Most (queue, task type) series of `tarefa_scheduler_submitted`; past it, `_other_`.
+pub const MAX_TASK_SERIES: usize = 1000;
+/// The label value of the series that counts everything past [`MAX_TASK_SERIES`].
+const OTHER: &str = "_other_";
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -43,6 +49,8 @@ struct AdminLabels {
 pub struct Metrics {
     registry: Arc<Registry>,
     submitted: Family<TaskLabels, Counter>,
+    /// Distinct series in `submitted`.
+    task_series: Arc<AtomicUsize>,
     rejected: Family<CodeLabels, Counter>,
     auth_refused: Family<RefusedLabels, Counter>,
     admin_actions: Family<AdminLabels, Counter>,
@@ -91,6 +99,7 @@ impl Metrics {
         Self {
             registry: Arc::new(registry),
             submitted,
+            task_series: Arc::default(),
             rejected,
             auth_refused,
             admin_actions,
@@ -98,12 +107,26 @@ impl Metrics {
     }
 
     pub(crate) fn submitted(&self, queue: &str, task_type: &str, n: u64) {
-        self.submitted
-            .get_or_create(&TaskLabels {
-                queue: queue.to_owned(),
-                task_type: task_type.to_owned(),
-            })
-            .inc_by(n);
+        let labels = TaskLabels {
+            queue: queue.to_owned(),
+            task_type: task_type.to_owned(),
+        };
+        // Callers choose queue and type names: past MAX_TASK_SERIES pairs, new ones are
+        // counted together, so a client cannot grow /metrics without bound.
+        let labels = if self.task_series.load(Ordering::Relaxed) < MAX_TASK_SERIES
+            || self.submitted.get(&labels).is_some()
+        {
+            if self.submitted.get(&labels).is_none() {
+                self.task_series.fetch_add(1, Ordering::Relaxed);
+            }
+            labels
+        } else {
+            TaskLabels {
+                queue: OTHER.to_owned(),
+                task_type: OTHER.to_owned(),
+            }
+        };
+        self.submitted.get_or_create(&labels).inc_by(n);
     }
 
     pub(crate) fn rejected(&self, error: &Error) {
@@ -150,6 +173,28 @@ impl Metrics {
         let mut text = String::new();
         let _ = prometheus_client::encoding::text::encode_registry(&mut text, &self.registry);
         text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn submitted_series_are_bounded() {
+        let metrics = Metrics::new();
+        for i in 0..MAX_TASK_SERIES + 50 {
+            metrics.submitted("q", &format!("type{i}"), 1);
+        }
+        metrics.submitted("q", "type0", 1);
+        let text = metrics.encode();
+        let series = text
+            .lines()
+            .filter(|l| l.starts_with("tarefa_scheduler_submitted_total{"))
+            .count();
+        assert_eq!(series, MAX_TASK_SERIES + 1, "the cap plus _other_");
+        assert!(text.contains("task_type=\"_other_\"} 50"), "{text}");
+        assert!(text.contains("task_type=\"type0\"} 2"));
     }
 }
 

@@ -427,6 +427,11 @@ async fn dashboard_sessions_hosts_and_protected_metrics() -> anyhow::Result<()> 
     Ok(())
 }
 
+/// The code of a failed call, `None` when it succeeded.
+fn code<T>(result: Result<tonic::Response<T>, tonic::Status>) -> Option<Code> {
+    result.err().map(|status| status.code())
+}
+
 /// A GET over TLS to the HTTP port, trusting `ca` (and showing `client`'s certificate).
 async fn https_get(
     addr: &str,
@@ -679,5 +684,178 @@ async fn rediss_to_a_redis_that_speaks_only_tls() -> anyhow::Result<()> {
         .wait()
         .await?;
     assert_eq!(fib, "2880067194370816120");
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_limits_an_open_port_needs() -> anyhow::Result<()> {
+    let h = Harness::builder()
+        .scheduler_args(&[
+            "--max-request-bytes",
+            "1048576",
+            "--max-payload-bytes",
+            "524288",
+            "--max-watches",
+            "2",
+            "--max-connections",
+            "3",
+            "--header-read-timeout-ms",
+            "300",
+        ])
+        .start()
+        .await?;
+    let mut raw = h.client.raw();
+
+    // Page tokens the server never issued: huge ones were INTERNAL, 2^64-1 looped.
+    for token in ["9223372036854775808", "18446744073709551615", "-1", "x"] {
+        let listed = raw
+            .list_tasks(pb::ListTasksRequest {
+                queue: "default".to_owned(),
+                state: pb::TaskState::Dead as i32,
+                page_token: token.to_owned(),
+                ..Default::default()
+            })
+            .await;
+        assert_eq!(
+            code(listed),
+            Some(Code::InvalidArgument),
+            "page token {token}"
+        );
+    }
+
+    // A task id's queue part is a queue name: a 20 000-character one never reaches Redis.
+    let long_id = format!("{}:01ARZ3NDEKTSV4RRFFQ69G5FAV", "q".repeat(20_000));
+    let got = raw
+        .get_task(pb::GetTaskRequest {
+            task_id: long_id.clone(),
+        })
+        .await;
+    assert_eq!(code(got), Some(Code::InvalidArgument));
+    let got = raw
+        .cancel_task(pb::CancelTaskRequest { task_id: long_id })
+        .await;
+    assert_eq!(code(got), Some(Code::InvalidArgument));
+
+    // A request over --max-request-bytes is RESOURCE_EXHAUSTED (tonic's OUT_OF_RANGE before).
+    let huge = raw
+        .submit_task(pb::SubmitTaskRequest {
+            task_type: "echo".to_owned(),
+            payload: vec![b'x'; 2 * 1024 * 1024],
+            ..Default::default()
+        })
+        .await;
+    assert_eq!(code(huge), Some(Code::ResourceExhausted));
+
+    // Watches in all are bounded: the third open one is refused, and a slot frees when a
+    // watcher goes away.
+    let sleeper = |ms: u64| pb::SubmitTaskRequest {
+        task_type: "sleep".to_owned(),
+        payload: format!("{{\"ms\": {ms}}}").into_bytes(),
+        ..Default::default()
+    };
+    let id = h.client.submit_raw(sleeper(60_000)).await?.task_id;
+    let first = h.client.watch(&id).await?;
+    let second = h.client.watch(&id).await?;
+    let third = h.client.watch(&id).await.err().and_then(|e| e.code());
+    assert_eq!(third, Some(Code::ResourceExhausted));
+    drop(first);
+    eventually("a watch slot to free up", Duration::from_secs(20), || {
+        let client = h.client.clone();
+        let id = id.clone();
+        async move { client.watch(&id).await.ok().map(drop) }
+    })
+    .await;
+    drop(second);
+    h.client.cancel(&id).await?;
+
+    // The HTTP port: a request whose headers never finish is dropped after the
+    // header-read timeout (it stayed open 45 s and more before).
+    let addr = h.scheduler.http_addr.clone();
+    let mut slow = tokio::net::TcpStream::connect(&addr).await?;
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n")
+        .await?;
+    let mut buffer = [0u8; 512];
+    let closed = tokio::time::timeout(
+        tarefa_tests::patience(Duration::from_secs(10)),
+        slow.read(&mut buffer),
+    )
+    .await
+    .context("a half-sent request was kept open past the header-read timeout")?;
+    assert!(matches!(closed, Ok(0) | Err(_)) || buffer.starts_with(b"HTTP/1.1 408"));
+
+    // Connections are bounded: with 3 idle ones open, a 4th is closed at once.
+    let mut idle = Vec::new();
+    for _ in 0..3 {
+        idle.push(tokio::net::TcpStream::connect(&addr).await?);
+    }
+    let mut fourth = tokio::net::TcpStream::connect(&addr).await?;
+    let _ = fourth
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await;
+    let refused = tokio::time::timeout(
+        tarefa_tests::patience(Duration::from_secs(10)),
+        fourth.read(&mut buffer),
+    )
+    .await
+    .context("the connection over the limit was not closed")?;
+    assert!(matches!(refused, Ok(0) | Err(_)), "{refused:?}");
+    drop(idle);
+    eventually(
+        "a connection slot to free up",
+        Duration::from_secs(20),
+        || {
+            let addr = addr.clone();
+            async move {
+                let (status, _, _) = http(&addr, "GET", "/healthz", &[]).await.ok()?;
+                (status == 200).then_some(())
+            }
+        },
+    )
+    .await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn secrets_stay_out_of_help_and_task_text_stays_out_of_the_terminal() -> anyhow::Result<()> {
+    // clap shows env values in --help unless told not to.
+    let output = std::process::Command::new(tarefa_tests::binary("tarefa-scheduler-test"))
+        .arg("--help")
+        .env(
+            "TAREFA_REDIS_URL",
+            "redis://:sekret-password@redis.example:6379",
+        )
+        .env("TAREFA_TOKENS", "ops:admin:*:sekret-token-0123456789")
+        .env("TAREFA_DASHBOARD_TOKEN", "sekret-dashboard-token")
+        .output()?;
+    let help = String::from_utf8_lossy(&output.stdout);
+    assert!(help.contains("--tokens-file"), "{help}");
+    assert!(!help.contains("sekret"), "a secret in --help:\n{help}");
+
+    // A task's error with terminal escapes and newlines is printed as text by the CLI.
+    let h = Harness::builder().start().await?;
+    let hostile = "\u{1b}]0;pwned\u{7}\nFORGED LOG LINE \u{1b}[31mred";
+    let task = h
+        .client
+        .submit_with(
+            tarefa_client::builtin::Fail {
+                message: hostile.to_owned(),
+                permanent: true,
+            },
+            &tarefa_client::SubmitOptions::default(),
+        )
+        .await?;
+    h.wait_final(task.id(), Duration::from_secs(30)).await;
+    let output = tokio::process::Command::new(tarefa_tests::binary("tarefa-test"))
+        .args(["--scheduler", &h.scheduler.endpoint, "get", task.id()])
+        .env_remove("TAREFA_TOKEN")
+        .output()
+        .await?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        !text.contains('\u{1b}') && !text.contains('\u{7}'),
+        "{text:?}"
+    );
+    assert!(text.contains("\\u{1b}]0;pwned"), "{text}");
+    assert!(!text.lines().any(|l| l.starts_with("FORGED")), "{text}");
     Ok(())
 }
