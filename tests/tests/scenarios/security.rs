@@ -859,3 +859,68 @@ async fn secrets_stay_out_of_help_and_task_text_stays_out_of_the_terminal() -> a
     assert!(!text.lines().any(|l| l.starts_with("FORGED")), "{text}");
     Ok(())
 }
+
+/// A remote handler that answers every task with its payload.
+#[derive(Debug, Default)]
+struct EchoHandler;
+
+#[tonic::async_trait]
+impl pb::task_handler_server::TaskHandler for EchoHandler {
+    async fn execute(
+        &self,
+        request: tonic::Request<pb::ExecuteRequest>,
+    ) -> Result<tonic::Response<pb::ExecuteResponse>, tonic::Status> {
+        Ok(tonic::Response::new(pb::ExecuteResponse {
+            outcome: pb::ExecuteOutcome::Success as i32,
+            result: request.into_inner().payload,
+            ..Default::default()
+        }))
+    }
+}
+
+#[tokio::test]
+async fn the_executor_reaches_a_grpcs_handler_over_tls() -> anyhow::Result<()> {
+    let pki = TestPki::new()?;
+    let identity =
+        tonic::transport::Identity::from_pem(pki.read("server.pem"), pki.read("server-key.pem"));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let port = listener.local_addr()?.port();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))?
+            .add_service(pb::task_handler_server::TaskHandlerServer::new(EchoHandler))
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                async {
+                    let _ = stopped.await;
+                },
+            ),
+    );
+    let route = format!("tls_echo=grpcs://localhost:{port}");
+    let ca = pki.path("ca.pem").to_string_lossy().into_owned();
+    let h = Harness::builder()
+        .executor_args(&["--handler", &route])
+        .env("TAREFA_HANDLER_CA_CERT", &ca)
+        .start()
+        .await?;
+    let submitted = h
+        .client
+        .submit_raw(
+            tarefa_client::SubmitOptions::default().request("tls_echo", b"\"over tls\"".to_vec()),
+        )
+        .await?;
+    let task = h
+        .wait_final(&submitted.task_id, Duration::from_secs(60))
+        .await;
+    assert_eq!(
+        task.state(),
+        pb::TaskState::Succeeded,
+        "{}",
+        task.last_error
+    );
+    assert_eq!(task.result, b"\"over tls\"");
+    let _ = stop.send(());
+    server.await??;
+    Ok(())
+}
