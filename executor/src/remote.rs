@@ -647,3 +647,7 @@ mod tests {
         ));
     }
 }
+
+#[cfg(test)]
+#[path = "remote_props.rs"]
+mod props;

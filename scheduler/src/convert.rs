@@ -377,3 +377,7 @@ pub(crate) fn queue_to_proto(stats: tarefa_queue::QueueStats) -> pb::Queue {
         succeeded_per_minute: stats.succeeded_per_minute,
     }
 }
+
+#[cfg(test)]
+#[path = "convert_props.rs"]
+mod props;
