@@ -102,6 +102,23 @@ where
                 request.extensions_mut().insert(who);
             }
             Err(denied) => {
+                if scope == crate::auth::Scope::Admin {
+                    // Refused before the handler could audit it: audit it here.
+                    let who = self
+                        .auth
+                        .authenticate(&credentials)
+                        .map_or_else(|_| "unauthenticated".to_owned(), |p| p.name.clone());
+                    self.metrics.admin_action(
+                        &crate::metrics::AdminAction {
+                            who: &who,
+                            action: &method,
+                            via: "grpc",
+                            queue: "",
+                            task_id: None,
+                        },
+                        "denied",
+                    );
+                }
                 let status = Status::from(denied);
                 self.metrics.auth_refused("grpc", status.code());
                 tracing::info!(rpc = %method, code = ?status.code(), reason = %status.message(), "rpc refused");

@@ -203,8 +203,9 @@ mod tests {
 pub(crate) struct AdminAction<'a> {
     /// The caller's token name (or certificate identity, or `anonymous`).
     pub who: &'a str,
-    /// `cancel`, `retry`, `pause`, `resume`, `purge-dead`, `retry-dead`.
-    pub action: &'static str,
+    /// `cancel`, `retry`, `pause`, `resume`, `purge-dead`, `retry-dead` (or the RPC's name
+    /// when the gate refused it before its handler ran).
+    pub action: &'a str,
     /// `grpc` or `dashboard`.
     pub via: &'static str,
     /// The queue acted on.

@@ -296,12 +296,15 @@ async fn every_rpc_and_dashboard_action_checks_its_scope_and_queue() -> anyhow::
             && l.contains("action=\"pause\"")),
         "no audit line for admin's pause:\n{log}"
     );
-    assert!(
-        log.lines().any(|l| l.contains("admin action")
-            && l.contains("who=reader")
-            && l.contains("outcome=\"denied\"")),
-        "no audit line for reader's refused action"
-    );
+    for via in ["grpc", "dashboard"] {
+        assert!(
+            log.lines().any(|l| l.contains("admin action")
+                && l.contains("who=reader")
+                && l.contains(&format!("via=\"{via}\""))
+                && l.contains("outcome=\"denied\"")),
+            "no audit line for reader's refused action via {via}"
+        );
+    }
     let (_, _, metrics) = http(&addr, "GET", "/metrics", &[]).await?;
     assert!(
         metrics.contains("tarefa_scheduler_admin_actions_total{")
