@@ -283,7 +283,13 @@ impl pb::scheduler_server::Scheduler for SchedulerService {
                     let done = record.state.is_final();
                     let task = task_to_proto(record);
                     if last.as_ref() != Some(&task) {
-                        if sender.send(Ok(task.clone())).await.is_err() {
+                        // The payload never changes: the first message carries it, later
+                        // ones do not (a watch of a 1 MiB task would resend it per change).
+                        let mut message = task.clone();
+                        if last.is_some() {
+                            message.payload = Vec::new();
+                        }
+                        if sender.send(Ok(message)).await.is_err() {
                             return;
                         }
                         last = Some(task);

@@ -927,3 +927,32 @@ async fn the_executor_reaches_a_grpcs_handler_over_tls() -> anyhow::Result<()> {
     server.await??;
     Ok(())
 }
+
+#[tokio::test]
+async fn a_watch_sends_the_payload_once() -> anyhow::Result<()> {
+    use futures::StreamExt as _;
+    let h = Harness::builder().start().await?;
+    let submitted = h
+        .client
+        .submit_raw(pb::SubmitTaskRequest {
+            task_type: "sleep".to_owned(),
+            payload: br#"{"ms": 600, "padding": "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}"#.to_vec(),
+            ..Default::default()
+        })
+        .await?;
+    let mut stream = h.client.watch(&submitted.task_id).await?;
+    let mut messages = Vec::new();
+    while let Some(task) = stream.next().await {
+        messages.push(task?);
+    }
+    assert!(messages.len() >= 2, "{messages:?}");
+    assert!(!messages[0].payload.is_empty());
+    assert!(
+        messages[1..].iter().all(|t| t.payload.is_empty()),
+        "the payload was sent again"
+    );
+    let last = messages.last().context("no message")?;
+    assert_eq!(last.state(), pb::TaskState::Succeeded);
+    assert!(!last.result.is_empty());
+    Ok(())
+}
