@@ -129,6 +129,9 @@ pub struct Config {
     /// Most concurrent gRPC streams (calls, watches) per connection.
     #[arg(long, env = "TAREFA_MAX_STREAMS_PER_CONNECTION", default_value_t = 100)]
     pub max_streams_per_connection: u32,
+    /// Most queues; a submit that would create another is RESOURCE_EXHAUSTED.
+    #[arg(long, env = "TAREFA_MAX_QUEUES", default_value_t = 1000)]
+    pub max_queues: usize,
     /// Most WatchTask streams open at once in all; more are RESOURCE_EXHAUSTED.
     #[arg(long, env = "TAREFA_MAX_WATCHES", default_value_t = 10_000)]
     pub max_watches: usize,
@@ -284,6 +287,7 @@ impl Config {
             tls_client_auth: "required".to_owned(),
             max_connections: 10_000,
             max_streams_per_connection: 100,
+            max_queues: 1000,
             max_watches: 10_000,
             http2_keepalive_secs: 30,
             header_read_timeout_ms: 10_000,

@@ -42,6 +42,9 @@ pub struct SchedulerService {
     metrics: Metrics,
     /// Watch streams open now, bounded by `--max-watches`.
     watches: Arc<Semaphore>,
+    /// Queues known to exist (read from Redis when a submit names a new one), for
+    /// `--max-queues`.
+    known_queues: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
 }
 
 /// "ok" or "error", for the audit log.
@@ -52,6 +55,50 @@ fn outcome<T, E>(result: &Result<T, E>) -> &'static str {
 impl SchedulerService {
     fn task_id(&self, text: &str) -> Result<tarefa_queue::TaskId, Status> {
         Ok(convert::task_id(text, &self.config)?)
+    }
+
+    /// Refuses a submit that would create a queue past `--max-queues` (every queue costs
+    /// every ListQueues, /metrics scrape and dashboard refresh a few Redis calls). Only a
+    /// queue this process has not seen costs a Redis read; schedulers racing may overshoot
+    /// by a few.
+    async fn check_new_queues<'a>(
+        &self,
+        queues: impl Iterator<Item = &'a str>,
+    ) -> Result<(), Status> {
+        let unseen: Vec<&str> = {
+            let known = self
+                .known_queues
+                .lock()
+                .map_err(|_| Status::internal("lock"))?;
+            queues.filter(|q| !known.contains(*q)).collect()
+        };
+        if unseen.is_empty() {
+            return Ok(());
+        }
+        let names = self.broker.queue_names().await.map_err(Error::from)?;
+        let mut known = self
+            .known_queues
+            .lock()
+            .map_err(|_| Status::internal("lock"))?;
+        known.extend(names);
+        for queue in unseen {
+            if !known.contains(queue) {
+                if known.len() >= self.config.max_queues {
+                    let error = Error::ResourceExhausted {
+                        field: "queue".to_owned(),
+                        reason: format!(
+                            "{queue:?} would be a new queue; there are {} already, the limit \
+                             (scheduler flag --max-queues)",
+                            known.len()
+                        ),
+                    };
+                    self.metrics.rejected(&error);
+                    return Err(error.into());
+                }
+                known.insert(queue.to_owned());
+            }
+        }
+        Ok(())
     }
 
     /// Checks that `who` may do `scope` on `queue`.
@@ -90,6 +137,7 @@ impl SchedulerService {
             batcher,
             events,
             watches: Arc::new(Semaphore::new(config.max_watches.max(1))),
+            known_queues: Arc::default(),
             config,
             metrics,
         }
@@ -156,6 +204,7 @@ impl pb::scheduler_server::Scheduler for SchedulerService {
             let task = new_task(request.into_inner(), &self.config, None, traceparent)
                 .inspect_err(|e| self.metrics.rejected(e))?;
             Self::allow(&who, Scope::Submit, task.id.queue())?;
+            self.check_new_queues(std::iter::once(task.id.queue())).await?;
             let span = tracing::Span::current();
             span.record("task_id", field::display(&task.id));
             span.record("queue", task.id.queue());
@@ -205,6 +254,8 @@ impl pb::scheduler_server::Scheduler for SchedulerService {
             for task in &tasks {
                 Self::allow(&who, Scope::Submit, task.id.queue())?;
             }
+            self.check_new_queues(tasks.iter().map(|t| t.id.queue()))
+                .await?;
             let (mut kinds, kind_of) = kinds_of(&tasks);
             let submitted = self.broker.submit(tasks).await.map_err(Error::from)?;
             for (&kind, s) in kind_of.iter().zip(&submitted) {

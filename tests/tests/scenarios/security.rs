@@ -704,6 +704,8 @@ async fn the_limits_an_open_port_needs() -> anyhow::Result<()> {
             "3",
             "--header-read-timeout-ms",
             "300",
+            "--max-queues",
+            "3",
         ])
         .start()
         .await?;
@@ -770,6 +772,30 @@ async fn the_limits_an_open_port_needs() -> anyhow::Result<()> {
     .await;
     drop(second);
     h.client.cancel(&id).await?;
+
+    // Queues are bounded: `default` and two more, then a fourth is refused (existing ones
+    // still take work).
+    let to = |queue: &str| pb::SubmitTaskRequest {
+        queue: queue.to_owned(),
+        task_type: "echo".to_owned(),
+        payload: b"{}".to_vec(),
+        ..Default::default()
+    };
+    h.client.submit_raw(to("q1")).await?;
+    h.client.submit_batch(vec![to("q2"), to("q1")]).await?;
+    let fourth = h
+        .client
+        .submit_raw(to("q3"))
+        .await
+        .err()
+        .and_then(|e| e.code());
+    assert_eq!(fourth, Some(Code::ResourceExhausted));
+    let fourth = h.client.submit_batch(vec![to("q1"), to("q4")]).await;
+    assert_eq!(
+        fourth.err().and_then(|e| e.code()),
+        Some(Code::ResourceExhausted)
+    );
+    h.client.submit_raw(to("q2")).await?;
 
     // The HTTP port: a request whose headers never finish is dropped after the
     // header-read timeout (it stayed open 45 s and more before).
