@@ -886,6 +886,15 @@ async fn secrets_stay_out_of_help_and_task_text_stays_out_of_the_terminal() -> a
     );
     assert!(text.contains("\\u{1b}]0;pwned"), "{text}");
     assert!(!text.lines().any(|l| l.starts_with("FORGED")), "{text}");
+
+    // The executor logged the failure, escaped: no forged line, no escape sequence.
+    let log = h.executors[0].log();
+    assert!(
+        log.contains("FORGED LOG LINE"),
+        "the failure was not logged:\n{log}"
+    );
+    assert!(!log.lines().any(|l| l.starts_with("FORGED")), "{log}");
+    assert!(!log.contains('\u{1b}'), "{log:?}");
     Ok(())
 }
 
