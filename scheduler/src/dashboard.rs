@@ -67,6 +67,7 @@ pub(crate) fn routes(state: HttpState) -> Router<HttpState> {
         .route("/api/session", get(session))
         .route("/api/login", post(login))
         .route("/api/logout", post(logout))
+        .route("/api/sessions/{token}/revoke", post(revoke_sessions))
         .route("/api/queues", get(queues))
         .route("/api/queues/{queue}/{action}", post(queue_action))
         .route("/api/tasks", get(tasks))
@@ -451,6 +452,42 @@ async fn logout(State(state): State<HttpState>, headers: HeaderMap) -> Response 
         axum::Json(json!({ "signed_in": false })),
     )
         .into_response()
+}
+
+/// Ends every dashboard session opened with the token named `token` (admin; audited). A
+/// token's owner signs out everywhere; an operator cuts off a leaked session.
+async fn revoke_sessions(
+    State(state): State<HttpState>,
+    Caller(who): Caller,
+    headers: HeaderMap,
+    Path(token): Path<String>,
+) -> ApiResult {
+    require_same_site(&headers)?;
+    let audit = AdminAction {
+        who: &who.name,
+        action: "revoke-sessions",
+        via: "dashboard",
+        queue: "",
+        task_id: None,
+    };
+    // Every queue: sessions are not per queue.
+    if let Err(error) = allow(&state, &who, Scope::Admin, None).and_then(|()| {
+        if who.queues.is_some() {
+            Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "revoking sessions needs an admin token for every queue",
+            ))
+        } else {
+            Ok(())
+        }
+    }) {
+        state.metrics.admin_action(&audit, "denied");
+        return Err(error);
+    }
+    let revoked = state.auth.close_sessions_of(&token);
+    state.metrics.admin_action(&audit, "ok");
+    tracing::info!(target: "tarefa::audit", who = %who.name, token = %crate::http::escape(&token), revoked, "dashboard sessions revoked");
+    Ok(axum::Json(json!({ "revoked": revoked })))
 }
 
 // ---- queues ----

@@ -413,6 +413,62 @@ async fn dashboard_sessions_hosts_and_protected_metrics() -> anyhow::Result<()> 
         401
     );
 
+    // An operator revokes every session of a token: the cookie stops working at once.
+    let login = |token: &'static str| {
+        let addr = addr.clone();
+        async move {
+            let mut stream = tokio::net::TcpStream::connect(&addr).await?;
+            let form = format!("token={token}");
+            let request = format!(
+                "POST /api/login HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
+                 Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{form}",
+                form.len()
+            );
+            stream.write_all(request.as_bytes()).await?;
+            let mut raw = Vec::new();
+            stream.read_to_end(&mut raw).await?;
+            let text = String::from_utf8_lossy(&raw).into_owned();
+            let cookie = text
+                .lines()
+                .find_map(|l| {
+                    l.strip_prefix("set-cookie: ")
+                        .or_else(|| l.strip_prefix("Set-Cookie: "))
+                })
+                .and_then(|c| c.split(';').next())
+                .map(str::to_owned)
+                .context("no session cookie")?;
+            anyhow::Ok(cookie)
+        }
+    };
+    let reader_session = login(READER).await?;
+    let queues = "/api/queues";
+    let admin_bearer = format!("Bearer {ADMIN}");
+    assert_eq!(
+        http(&addr, "GET", queues, &[("Cookie", &reader_session)])
+            .await?
+            .0,
+        200
+    );
+    let revoke = "/api/sessions/reader/revoke";
+    let reader_bearer = format!("Bearer {READER}");
+    assert_eq!(
+        http(&addr, "POST", revoke, &[("Authorization", &reader_bearer)])
+            .await?
+            .0,
+        403,
+        "a reader may not revoke sessions"
+    );
+    let (status, _, body) =
+        http(&addr, "POST", revoke, &[("Authorization", &admin_bearer)]).await?;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"revoked\":1"), "{body}");
+    assert_eq!(
+        http(&addr, "GET", queues, &[("Cookie", &reader_session)])
+            .await?
+            .0,
+        401
+    );
+
     // DNS rebinding: a page under another name reaches this port; its Host gives it away.
     let admin = format!("Bearer {ADMIN}");
     let rebind = [
