@@ -129,6 +129,11 @@ pub struct Config {
     /// Most concurrent gRPC streams (calls, watches) per connection.
     #[arg(long, env = "TAREFA_MAX_STREAMS_PER_CONNECTION", default_value_t = 100)]
     pub max_streams_per_connection: u32,
+    /// Most bytes of SubmitTasks batches being validated and written at once (they take about
+    /// three times their size in memory); a batch waits up to 5 s for room, then is
+    /// RESOURCE_EXHAUSTED (retry it). A batch larger than this is refused at once.
+    #[arg(long, env = "TAREFA_MAX_SUBMIT_INFLIGHT_BYTES", default_value_t = 256 * 1024 * 1024)]
+    pub max_submit_inflight_bytes: usize,
     /// Most queues; a submit that would create another is RESOURCE_EXHAUSTED.
     #[arg(long, env = "TAREFA_MAX_QUEUES", default_value_t = 1000)]
     pub max_queues: usize,
@@ -288,6 +293,7 @@ impl Config {
             max_connections: 10_000,
             max_streams_per_connection: 100,
             max_queues: 1000,
+            max_submit_inflight_bytes: 256 * 1024 * 1024,
             max_watches: 10_000,
             http2_keepalive_secs: 30,
             header_read_timeout_ms: 10_000,

@@ -29,6 +29,8 @@ const DEFAULT_PAGE_SIZE: u32 = 50;
 const MAX_PAGE_SIZE: u32 = 1000;
 /// Most dead tasks one RetryDeadTasks call requeues.
 const MAX_RETRY_DEAD: u64 = 100_000;
+/// Longest a SubmitTasks batch waits for room under `--max-submit-inflight-bytes`.
+const SUBMIT_ROOM_WAIT: Duration = Duration::from_secs(5);
 /// Longest progress message accepted.
 const MAX_PROGRESS_MESSAGE: usize = 1024;
 
@@ -42,6 +44,8 @@ pub struct SchedulerService {
     metrics: Metrics,
     /// Watch streams open now, bounded by `--max-watches`.
     watches: Arc<Semaphore>,
+    /// Room for SubmitTasks batches in flight, in KiB (`--max-submit-inflight-bytes`).
+    submit_budget: Arc<Semaphore>,
     /// Queues known to exist (read from Redis when a submit names a new one), for
     /// `--max-queues`.
     known_queues: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
@@ -138,6 +142,9 @@ impl SchedulerService {
             events,
             watches: Arc::new(Semaphore::new(config.max_watches.max(1))),
             known_queues: Arc::default(),
+            submit_budget: Arc::new(Semaphore::new(
+                (config.max_submit_inflight_bytes / 1024).clamp(1, Semaphore::MAX_PERMITS),
+            )),
             config,
             metrics,
         }
@@ -244,6 +251,46 @@ impl pb::scheduler_server::Scheduler for SchedulerService {
                 self.metrics.rejected(&error);
                 return Err(error.into());
             }
+            // Bound the batches in flight by size: each takes about three times its size
+            // while it is validated and written.
+            let kib = requests
+                .iter()
+                .map(|r| {
+                    r.payload.len()
+                        + r.task_type.len()
+                        + r.idempotency_key.len()
+                        + r.headers
+                            .iter()
+                            .map(|(k, v)| k.len() + v.len())
+                            .sum::<usize>()
+                        + 64
+                })
+                .sum::<usize>()
+                / 1024
+                + 1;
+            let budget = (self.config.max_submit_inflight_bytes / 1024).max(1);
+            let busy = |reason: String| {
+                let error = Error::ResourceExhausted {
+                    field: "tasks".to_owned(),
+                    reason,
+                };
+                self.metrics.rejected(&error);
+                Status::from(error)
+            };
+            if kib > budget {
+                return Err(busy(format!(
+                    "the batch is about {kib} KiB; the scheduler takes at most {budget} KiB of \
+                     batches at once (scheduler flag --max-submit-inflight-bytes)"
+                )));
+            }
+            let permits = u32::try_from(kib).unwrap_or(u32::MAX);
+            let _room = tokio::time::timeout(
+                SUBMIT_ROOM_WAIT,
+                Arc::clone(&self.submit_budget).acquire_many_owned(permits),
+            )
+            .await
+            .map_err(|_| busy("the scheduler is busy with other large batches; retry".to_owned()))?
+            .map_err(|_| Status::unavailable("the scheduler is stopping"))?;
             let traceparent = tarefa_telemetry::current_traceparent();
             let tasks = requests
                 .into_iter()

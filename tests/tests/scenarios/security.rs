@@ -762,6 +762,8 @@ async fn the_limits_an_open_port_needs() -> anyhow::Result<()> {
             "300",
             "--max-queues",
             "3",
+            "--max-submit-inflight-bytes",
+            "65536",
         ])
         .start()
         .await?;
@@ -828,6 +830,25 @@ async fn the_limits_an_open_port_needs() -> anyhow::Result<()> {
     .await;
     drop(second);
     h.client.cancel(&id).await?;
+
+    // Batches in flight are bounded by size: one bigger than the whole budget is refused
+    // (smaller ones wait for room), and a batch that fits goes through.
+    let sized = |bytes: usize| pb::SubmitTaskRequest {
+        task_type: "echo".to_owned(),
+        payload: vec![b'1'; bytes],
+        ..Default::default()
+    };
+    let big = h
+        .client
+        .submit_batch(vec![sized(40_000), sized(40_000)])
+        .await;
+    assert_eq!(
+        big.err().and_then(|e| e.code()),
+        Some(Code::ResourceExhausted)
+    );
+    h.client
+        .submit_batch(vec![sized(10_000), sized(10_000)])
+        .await?;
 
     // Queues are bounded: `default` and two more, then a fourth is refused (existing ones
     // still take work).
