@@ -3,8 +3,9 @@
 //! the caller lacks the RPC's scope, and hands the [`Principal`] to the handler (which checks
 //! the queue). Health and reflection stay open: they say nothing about tasks.
 //!
-//! It also makes the documented status true for an oversized message: tonic answers
-//! OUT_OF_RANGE, the README promises RESOURCE_EXHAUSTED.
+//! It also makes the documented statuses true for requests tonic refuses itself: an oversized
+//! message is RESOURCE_EXHAUSTED (tonic: OUT_OF_RANGE), bytes that do not decode as the
+//! request are INVALID_ARGUMENT (tonic: INTERNAL).
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -134,6 +135,16 @@ where
             let headers = response.headers_mut();
             if headers.get("grpc-status").is_some_and(|code| code == "11") {
                 headers.insert("grpc-status", http::HeaderValue::from_static("8"));
+            }
+            // Bytes that are not the request message (malformed protobuf, invalid UTF-8 in a
+            // string): tonic says INTERNAL, but it is the caller's bad request.
+            let undecodable = headers.get("grpc-message").is_some_and(|message| {
+                let message = message.as_bytes();
+                message.starts_with(b"failed to decode Protobuf message")
+                    || message.starts_with(b"failed%20to%20decode%20Protobuf%20message")
+            });
+            if undecodable && headers.get("grpc-status").is_some_and(|code| code == "13") {
+                headers.insert("grpc-status", http::HeaderValue::from_static("3"));
             }
             Ok(response)
         })

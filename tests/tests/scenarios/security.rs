@@ -1068,3 +1068,112 @@ async fn a_watch_sends_the_payload_once() -> anyhow::Result<()> {
     assert!(!last.result.is_empty());
     Ok(())
 }
+
+/// Sends bytes as they are: for requests no generated client would make.
+#[derive(Debug, Clone, Default)]
+struct RawCodec;
+
+#[derive(Debug, Clone, Default)]
+struct RawCoder;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = RawCoder;
+    type Decoder = RawCoder;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        RawCoder
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        RawCoder
+    }
+}
+
+impl tonic::codec::Encoder for RawCoder {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+
+    fn encode(
+        &mut self,
+        item: Vec<u8>,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        use bytes::BufMut as _;
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawCoder {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<Vec<u8>>, tonic::Status> {
+        use bytes::Buf as _;
+        Ok(Some(src.copy_to_bytes(src.remaining()).to_vec()))
+    }
+}
+
+#[tokio::test]
+async fn malformed_requests_get_their_documented_codes() -> anyhow::Result<()> {
+    let h = Harness::builder().executors(0).start().await?;
+    let channel = tonic::transport::Endpoint::from_shared(h.scheduler.endpoint.clone())?
+        .connect()
+        .await?;
+    let mut grpc = tonic::client::Grpc::new(channel);
+    let mut call = async |path: &'static str, body: Vec<u8>| {
+        grpc.ready().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        let result = grpc
+            .unary(
+                tonic::Request::new(body),
+                tonic::codegen::http::uri::PathAndQuery::from_static(path),
+                RawCodec,
+            )
+            .await;
+        anyhow::Ok(result.err().map(|s| s.code()))
+    };
+    // Not protobuf at all; a string field (task_id, 1) holding invalid UTF-8.
+    let garbage = vec![0xff, 0xff, 0xff, 0xff, 0x0f];
+    let bad_utf8 = vec![0x0a, 0x02, 0xc3, 0x28];
+    for (path, body) in [
+        ("/tarefa.v1.Scheduler/GetTask", garbage.clone()),
+        ("/tarefa.v1.Scheduler/SubmitTask", garbage),
+        ("/tarefa.v1.Scheduler/GetTask", bad_utf8),
+    ] {
+        assert_eq!(
+            call(path, body).await?,
+            Some(Code::InvalidArgument),
+            "{path}"
+        );
+    }
+    // An unknown enum value.
+    let listed = h
+        .client
+        .raw()
+        .list_tasks(pb::ListTasksRequest {
+            queue: "default".to_owned(),
+            state: 99,
+            ..Default::default()
+        })
+        .await;
+    assert_eq!(code(listed), Some(Code::InvalidArgument));
+    // A deadline already past: the call ends with DEADLINE_EXCEEDED, never INTERNAL.
+    let mut request = tonic::Request::new(pb::ListQueuesRequest {});
+    request.set_timeout(Duration::from_nanos(1));
+    let late = h.client.raw().list_queues(request).await;
+    assert!(
+        matches!(
+            code(late),
+            Some(Code::DeadlineExceeded | Code::Cancelled) | None
+        ),
+        "a past deadline"
+    );
+    // The scheduler is still fine.
+    h.client.list_queues().await?;
+    Ok(())
+}
