@@ -129,6 +129,13 @@ async fn metrics(
         Err(_) => redis_up = 0,
     }
     encode_queues(&mut text, &stats);
+    let refused = crate::net::REFUSED_CONNECTIONS.load(std::sync::atomic::Ordering::Relaxed);
+    text.push_str(&format!(
+        "# HELP tarefa_scheduler_connections_refused Connections closed at once because a port \
+         had --max-connections open.\n\
+         # TYPE tarefa_scheduler_connections_refused counter\n\
+         tarefa_scheduler_connections_refused_total {refused}\n"
+    ));
     text.push_str(&format!(
         "# HELP tarefa_redis_up 1 when the scheduler could read queue stats from Redis.\n\
          # TYPE tarefa_redis_up gauge\ntarefa_redis_up {redis_up}\n# EOF\n"

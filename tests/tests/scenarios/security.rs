@@ -906,18 +906,23 @@ async fn the_limits_an_open_port_needs() -> anyhow::Result<()> {
     .context("the connection over the limit was not closed")?;
     assert!(matches!(refused, Ok(0) | Err(_)), "{refused:?}");
     drop(idle);
-    eventually(
+    let metrics = eventually(
         "a connection slot to free up",
         Duration::from_secs(20),
         || {
             let addr = addr.clone();
             async move {
-                let (status, _, _) = http(&addr, "GET", "/healthz", &[]).await.ok()?;
-                (status == 200).then_some(())
+                let (status, _, body) = http(&addr, "GET", "/metrics", &[]).await.ok()?;
+                (status == 200).then_some(body)
             }
         },
     )
     .await;
+    assert!(
+        metrics.contains("tarefa_scheduler_connections_refused_total ")
+            && !metrics.contains("tarefa_scheduler_connections_refused_total 0\n"),
+        "the refused connection is not counted:\n{metrics}"
+    );
     Ok(())
 }
 
