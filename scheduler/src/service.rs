@@ -105,6 +105,24 @@ impl SchedulerService {
         Ok(())
     }
 
+    /// A clear RESOURCE_EXHAUSTED instead of the transport's OUT_OF_RANGE when an answer would
+    /// be larger than the scheduler sends (`--max-request-bytes`).
+    fn fits(&self, message: &impl prost::Message, field: &str, advice: &str) -> Result<(), Status> {
+        let size = message.encoded_len();
+        if size <= self.config.max_request_bytes {
+            return Ok(());
+        }
+        let error = Error::ResourceExhausted {
+            field: field.to_owned(),
+            reason: format!(
+                "the answer would be {size} bytes, over the {} the scheduler sends (scheduler \
+                 flag --max-request-bytes); {advice}",
+                self.config.max_request_bytes
+            ),
+        };
+        Err(error.into())
+    }
+
     /// Checks that `who` may do `scope` on `queue`.
     fn allow(who: &Principal, scope: Scope, queue: &str) -> Result<(), Status> {
         Ok(who.check(scope, Some(queue))?)
@@ -341,7 +359,11 @@ impl pb::scheduler_server::Scheduler for SchedulerService {
         Self::allow(&who, Scope::Read, id.queue())?;
         let record = self.broker.task(&id).await.map_err(Error::from)?;
         match record {
-            Some(record) => Ok(Response::new(task_to_proto(record))),
+            Some(record) => {
+                let task = task_to_proto(record);
+                self.fits(&task, "task_id", "the task cannot be read whole")?;
+                Ok(Response::new(task))
+            }
             None => Err(Status::not_found(format!("task {id} not found"))),
         }
     }
@@ -474,10 +496,12 @@ impl pb::scheduler_server::Scheduler for SchedulerService {
             .list_tasks(&queue, state, task_type, offset, u64::from(page_size))
             .await
             .map_err(Error::from)?;
-        Ok(Response::new(pb::ListTasksResponse {
+        let response = pb::ListTasksResponse {
             tasks: page.tasks.into_iter().map(task_to_proto).collect(),
             next_page_token: page.next_offset.map(|o| o.to_string()).unwrap_or_default(),
-        }))
+        };
+        self.fits(&response, "page_size", "ask for fewer tasks per page")?;
+        Ok(Response::new(response))
     }
 
     async fn list_queues(

@@ -761,7 +761,7 @@ async fn the_limits_an_open_port_needs() -> anyhow::Result<()> {
             "--header-read-timeout-ms",
             "300",
             "--max-queues",
-            "3",
+            "4",
             "--max-submit-inflight-bytes",
             "65536",
         ])
@@ -809,6 +809,31 @@ async fn the_limits_an_open_port_needs() -> anyhow::Result<()> {
         .await;
     assert_eq!(code(huge), Some(Code::ResourceExhausted));
 
+    // An answer over the limit is a clear RESOURCE_EXHAUSTED naming what to change (it was
+    // OUT_OF_RANGE for ever): three 500 KB tasks do not fit a 1 MiB page, one does.
+    for _ in 0..3 {
+        h.client
+            .submit_raw(pb::SubmitTaskRequest {
+                queue: "big".to_owned(),
+                task_type: "echo".to_owned(),
+                payload: vec![b'7'; 500_000],
+                delay_ms: 3_600_000,
+                ..Default::default()
+            })
+            .await?;
+    }
+    let page = |page_size: u32| pb::ListTasksRequest {
+        queue: "big".to_owned(),
+        state: pb::TaskState::Scheduled as i32,
+        page_size,
+        ..Default::default()
+    };
+    let listed = raw.list_tasks(page(3)).await;
+    let status = listed.err().context("a 1 MB page was sent")?;
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(status.message().contains("page_size"), "{status:?}");
+    assert_eq!(raw.list_tasks(page(1)).await?.into_inner().tasks.len(), 1);
+
     // Watches in all are bounded: the third open one is refused, and a slot frees when a
     // watcher goes away.
     let sleeper = |ms: u64| pb::SubmitTaskRequest {
@@ -850,8 +875,8 @@ async fn the_limits_an_open_port_needs() -> anyhow::Result<()> {
         .submit_batch(vec![sized(10_000), sized(10_000)])
         .await?;
 
-    // Queues are bounded: `default` and two more, then a fourth is refused (existing ones
-    // still take work).
+    // Queues are bounded: `default`, `big` and two more, then a fifth is refused (existing
+    // ones still take work).
     let to = |queue: &str| pb::SubmitTaskRequest {
         queue: queue.to_owned(),
         task_type: "echo".to_owned(),
