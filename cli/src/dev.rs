@@ -86,6 +86,21 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
     let mut scheduler_config = tarefa_scheduler::Config::for_redis(&redis_url);
     scheduler_config.listen = args.listen;
     scheduler_config.http_listen = args.http_listen.clone();
+    // On loopback the laptop is the only client; beyond it, never an open admin API: an
+    // admin token is made for this run and printed.
+    let http_beyond_loopback = args
+        .http_listen
+        .parse::<SocketAddr>()
+        .is_ok_and(|a| !a.ip().is_loopback())
+        || args.http_listen.starts_with("0.0.0.0")
+        || args.http_listen.starts_with("[::]");
+    let token = if !args.listen.ip().is_loopback() || http_beyond_loopback {
+        let token = random_token()?;
+        scheduler_config.tokens = Some(format!("dev:admin:*:{token}"));
+        Some(token)
+    } else {
+        None
+    };
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {} (use --listen)", args.listen))?;
@@ -129,6 +144,10 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
         args.concurrency
     );
     println!();
+    if let Some(token) = &token {
+        println!("  token      {token}   (admin; listening beyond this machine)");
+        println!("             export TAREFA_TOKEN={token}");
+    }
     println!("  try:  tarefa submit fib '{{\"n\": 90}}' --wait");
     println!("  stop: Ctrl-C");
     println!();
@@ -143,6 +162,15 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
     }
     println!("stopped");
     Ok(())
+}
+
+/// 32 random bytes as hex, from the OS.
+fn random_token() -> anyhow::Result<String> {
+    let mut bytes = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
+        .context("cannot read /dev/urandom for a token")?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// The URL without its password.

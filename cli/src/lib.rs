@@ -52,6 +52,31 @@ struct Cli {
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
     json: bool,
+    /// Token sent as `authorization: Bearer <token>` (never printed).
+    #[arg(long, global = true, env = "TAREFA_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// PEM CA certificate to trust for an https:// scheduler (default: the system's roots).
+    #[arg(long, global = true, env = "TAREFA_CA_CERT")]
+    ca_cert: Option<std::path::PathBuf>,
+    /// PEM client certificate, for a scheduler that wants mTLS (with --client-key).
+    #[arg(
+        long,
+        global = true,
+        env = "TAREFA_CLIENT_CERT",
+        requires = "client_key"
+    )]
+    client_cert: Option<std::path::PathBuf>,
+    /// PEM private key of --client-cert.
+    #[arg(
+        long,
+        global = true,
+        env = "TAREFA_CLIENT_KEY",
+        requires = "client_cert"
+    )]
+    client_key: Option<std::path::PathBuf>,
+    /// The name the scheduler's certificate must be valid for, when not the URL's host.
+    #[arg(long, global = true, env = "TAREFA_TLS_DOMAIN")]
+    tls_domain: Option<String>,
     #[command(subcommand)]
     command: TopLevel,
 }
@@ -132,6 +157,7 @@ pub fn main_from_env() -> i32 {
 
 /// Runs a parsed command line and returns its exit code.
 async fn run(cli: Cli) -> i32 {
+    let options = connect_options(&cli);
     match cli.command {
         TopLevel::Other(Command::Dev(args)) => {
             let _telemetry = tarefa_telemetry::init("tarefa-dev");
@@ -150,15 +176,51 @@ async fn run(cli: Cli) -> i32 {
                 EXIT_FAILED
             }
         },
-        TopLevel::Other(command) => match ops::run(&cli.scheduler, cli.json, command).await {
+        TopLevel::Other(command) => {
+            let options = match options {
+                Ok(options) => options,
+                Err(message) => {
+                    eprintln!("tarefa: {message}");
+                    return EXIT_USAGE;
+                }
+            };
+            run_ops(&cli.scheduler, cli.json, options, command).await
+        }
+    }
+}
+
+/// The token and TLS files of the command line, read.
+fn connect_options(cli: &Cli) -> Result<tarefa_client::ConnectOptions, String> {
+    let read = |path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))
+    };
+    Ok(tarefa_client::ConnectOptions {
+        token: cli.token.clone().filter(|t| !t.is_empty()),
+        ca_cert_pem: cli.ca_cert.as_deref().map(read).transpose()?,
+        client_identity_pem: match (&cli.client_cert, &cli.client_key) {
+            (Some(cert), Some(key)) => Some((read(cert)?, read(key)?)),
+            _ => None,
+        },
+        tls_domain: cli.tls_domain.clone(),
+    })
+}
+
+async fn run_ops(
+    scheduler: &str,
+    json: bool,
+    options: tarefa_client::ConnectOptions,
+    command: Command,
+) -> i32 {
+    {
+        match ops::run(scheduler, json, options, command).await {
             Ok(code) => code,
             Err(error) => {
-                eprintln!("tarefa: {error}");
+                eprintln!("tarefa: {}", ops::escape(&error.to_string()));
                 match error.code() {
                     Some(tonic::Code::Unavailable) | None => EXIT_UNAVAILABLE,
                     Some(_) => EXIT_FAILED,
                 }
             }
-        },
+        }
     }
 }

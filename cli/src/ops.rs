@@ -68,6 +68,23 @@ pub(crate) struct RetryArgs {
     queue: String,
 }
 
+/// `text` with control characters escaped (`\n`, `\u{1b}`): task data (errors, results,
+/// messages) is printed as text, never as terminal commands.
+pub(crate) fn escape(text: &str) -> String {
+    if !text.chars().any(char::is_control) {
+        return text.to_owned();
+    }
+    text.chars()
+        .flat_map(|c| {
+            if c.is_control() {
+                c.escape_default().collect::<Vec<char>>()
+            } else {
+                vec![c]
+            }
+        })
+        .collect()
+}
+
 fn state_name(state: i32) -> &'static str {
     pb::TaskState::try_from(state)
         .map(|s| s.as_str_name().trim_start_matches("TASK_STATE_"))
@@ -111,20 +128,23 @@ fn print_task(task: &pb::Task, json: bool) {
         return;
     }
     println!("task      {}", task.task_id);
-    println!("type      {}", task.task_type);
+    println!("type      {}", escape(&task.task_type));
     println!("state     {}", state_name(task.state));
     println!("attempt   {}/{}", task.attempt, task.max_attempts);
     if !task.result.is_empty() {
-        println!("result    {}", String::from_utf8_lossy(&task.result));
+        println!(
+            "result    {}",
+            escape(&String::from_utf8_lossy(&task.result))
+        );
     }
     if !task.last_error.is_empty() {
-        println!("error     {}", task.last_error);
+        println!("error     {}", escape(&task.last_error));
     }
     if task.progress > 0.0 {
         println!(
             "progress  {:.0}% {}",
             task.progress * 100.0,
-            task.progress_message
+            escape(&task.progress_message)
         );
     }
     if !task.trace_id.is_empty() {
@@ -161,12 +181,17 @@ fn usage_error(command: &Command) -> Option<String> {
 
 /// Runs one of the scheduler commands; `Ok` carries the exit code, `Err` a client error (the
 /// caller maps it to an exit code).
-pub(crate) async fn run(scheduler: &str, json: bool, command: Command) -> Result<i32, Error> {
+pub(crate) async fn run(
+    scheduler: &str,
+    json: bool,
+    options: tarefa_client::ConnectOptions,
+    command: Command,
+) -> Result<i32, Error> {
     if let Some(message) = usage_error(&command) {
-        eprintln!("tarefa: {message}");
+        eprintln!("tarefa: {}", escape(&message));
         return Ok(EXIT_USAGE);
     }
-    let client = Client::connect(scheduler.to_owned()).await?;
+    let client = Client::connect_with(scheduler.to_owned(), options).await?;
     match command {
         Command::Dev(_) => Ok(0),
         Command::Submit(args) => submit(&client, json, args).await,
@@ -245,11 +270,11 @@ pub(crate) async fn run(scheduler: &str, json: bool, command: Command) -> Result
                     println!(
                         "{:<40} {:<14} {:<10} {:>3}/{:<3}  {}",
                         t.task_id,
-                        t.task_type,
+                        escape(&t.task_type),
                         state_name(t.state),
                         t.attempt,
                         t.max_attempts,
-                        t.last_error
+                        escape(&t.last_error)
                     );
                 }
             }
@@ -329,7 +354,7 @@ async fn submit(client: &Client, json: bool, args: SubmitArgs) -> Result<i32, Er
                 if json {
                     println!("{}", task_json(&task));
                 } else {
-                    println!("{}", String::from_utf8_lossy(&task.result));
+                    println!("{}", escape(&String::from_utf8_lossy(&task.result)));
                 }
                 Ok(0)
             }
@@ -338,7 +363,7 @@ async fn submit(client: &Client, json: bool, args: SubmitArgs) -> Result<i32, Er
                 state,
                 error,
             }) => {
-                eprintln!("task {task_id} ended {state}: {error}");
+                eprintln!("task {task_id} ended {state}: {}", escape(&error));
                 Ok(EXIT_FAILED)
             }
             Err(error) => Err(error),
@@ -430,7 +455,7 @@ async fn watch(client: &Client, json: bool, task_id: &str) -> Result<i32, Error>
                 "#".repeat(filled),
                 "-".repeat(width - filled),
                 task.progress * 100.0,
-                task.progress_message
+                escape(&task.progress_message)
             );
             let _ = std::io::stderr().flush();
         }

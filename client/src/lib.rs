@@ -67,6 +67,9 @@ pub enum Error {
         /// Its last error.
         error: String,
     },
+    /// The token cannot be sent in a header (it has control or non-ASCII characters).
+    #[error("the token is not a valid header value")]
+    BadToken,
     /// The watch stream ended before the task reached a final state.
     #[error("the watch of task {0} ended before the task finished")]
     WatchEnded(String),
@@ -143,10 +146,57 @@ impl SubmitOptions {
     }
 }
 
+/// How to reach a scheduler that wants TLS or a token. `Default` is plain, anonymous.
+#[derive(Clone, Default)]
+pub struct ConnectOptions {
+    /// Sent with every call as `authorization: Bearer <token>`.
+    pub token: Option<String>,
+    /// PEM CA certificate(s) to trust for an `https://` scheduler (else the system's roots).
+    pub ca_cert_pem: Option<Vec<u8>>,
+    /// PEM client certificate and key, for a scheduler that wants mTLS.
+    pub client_identity_pem: Option<(Vec<u8>, Vec<u8>)>,
+    /// The name the scheduler's certificate must be valid for, when not the URL's host.
+    pub tls_domain: Option<String>,
+}
+
+impl std::fmt::Debug for ConnectOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectOptions")
+            .field("token", &self.token.as_ref().map(|_| "<hidden>"))
+            .field("ca_cert_pem", &self.ca_cert_pem.is_some())
+            .field("client_identity_pem", &self.client_identity_pem.is_some())
+            .field("tls_domain", &self.tls_domain)
+            .finish()
+    }
+}
+
+impl ConnectOptions {
+    /// Options with `TAREFA_TOKEN` as the token, when set.
+    pub fn from_env() -> Self {
+        Self {
+            token: std::env::var("TAREFA_TOKEN").ok().filter(|t| !t.is_empty()),
+            ..Self::default()
+        }
+    }
+}
+
 /// A connection to a scheduler. Cheap to clone: clones share one HTTP/2 connection.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Client {
     inner: pb::scheduler_client::SchedulerClient<Channel>,
+    /// `Bearer <token>`, ready to send.
+    authorization: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field(
+                "authorization",
+                &self.authorization.as_ref().map(|_| "<hidden>"),
+            )
+            .finish_non_exhaustive()
+    }
 }
 
 /// A submitted task whose output is `O`.
@@ -180,22 +230,51 @@ impl<O: DeserializeOwned> TaskHandle<O> {
     }
 }
 
-fn request<T>(message: T) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    tarefa_telemetry::inject_into_metadata(request.metadata_mut());
-    request
-}
-
 impl Client {
     /// Connects to the scheduler at `endpoint` (e.g. `http://127.0.0.1:50051`), failing after
-    /// 5 s. Requests time out after 30 s (watches do not).
+    /// 5 s. Requests time out after 30 s (watches do not). Sends `TAREFA_TOKEN` when set.
     pub async fn connect(endpoint: impl Into<String>) -> Result<Self, Error> {
-        let channel = Endpoint::from_shared(endpoint.into())?
+        Self::connect_with(endpoint, ConnectOptions::from_env()).await
+    }
+
+    /// Connects with a token and/or TLS: an `https://` endpoint is TLS (with `options`' CA
+    /// or the system's roots, and a client certificate for mTLS).
+    pub async fn connect_with(
+        endpoint: impl Into<String>,
+        options: ConnectOptions,
+    ) -> Result<Self, Error> {
+        let endpoint = endpoint.into();
+        let mut builder = Endpoint::from_shared(endpoint.clone())?
             .connect_timeout(Duration::from_secs(5))
             .tcp_nodelay(true)
-            .connect()
-            .await?;
-        Ok(Self::from_channel(channel))
+            .http2_keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_while_idle(false);
+        if endpoint.starts_with("https://") {
+            use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+            let mut tls = ClientTlsConfig::new();
+            tls = match &options.ca_cert_pem {
+                Some(pem) => tls.ca_certificate(Certificate::from_pem(pem)),
+                None => tls.with_native_roots(),
+            };
+            if let Some((cert, key)) = &options.client_identity_pem {
+                tls = tls.identity(Identity::from_pem(cert, key));
+            }
+            if let Some(domain) = &options.tls_domain {
+                tls = tls.domain_name(domain.clone());
+            }
+            builder = builder.tls_config(tls)?;
+        }
+        let channel = builder.connect().await?;
+        let mut client = Self::from_channel(channel);
+        client.authorization = match options.token {
+            Some(token) => Some(
+                format!("Bearer {token}")
+                    .parse()
+                    .map_err(|_| Error::BadToken)?,
+            ),
+            None => None,
+        };
+        Ok(client)
     }
 
     /// A client over an existing channel.
@@ -203,7 +282,30 @@ impl Client {
         Self {
             inner: pb::scheduler_client::SchedulerClient::new(channel)
                 .max_decoding_message_size(64 * 1024 * 1024),
+            authorization: None,
         }
+    }
+
+    /// The same connection, sending `token` with every call.
+    pub fn with_token(mut self, token: &str) -> Result<Self, Error> {
+        self.authorization = Some(
+            format!("Bearer {token}")
+                .parse()
+                .map_err(|_| Error::BadToken)?,
+        );
+        Ok(self)
+    }
+
+    /// `message` as a request with the trace context and the token.
+    fn request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        tarefa_telemetry::inject_into_metadata(request.metadata_mut());
+        if let Some(authorization) = &self.authorization {
+            request
+                .metadata_mut()
+                .insert("authorization", authorization.clone());
+        }
+        request
     }
 
     /// The generated client, for anything this API does not cover.
@@ -263,7 +365,7 @@ impl Client {
         &self,
         task: pb::SubmitTaskRequest,
     ) -> Result<pb::SubmitTaskResponse, Error> {
-        let mut message = request(task);
+        let mut message = self.request(task);
         message.set_timeout(Duration::from_secs(30));
         Ok(self.inner.clone().submit_task(message).await?.into_inner())
     }
@@ -273,7 +375,7 @@ impl Client {
         &self,
         tasks: Vec<pb::SubmitTaskRequest>,
     ) -> Result<Vec<pb::SubmitTaskResponse>, Error> {
-        let mut message = request(pb::SubmitTasksRequest { tasks });
+        let mut message = self.request(pb::SubmitTasksRequest { tasks });
         message.set_timeout(Duration::from_secs(30));
         Ok(self
             .inner
@@ -286,7 +388,7 @@ impl Client {
 
     /// Reads a task.
     pub async fn get(&self, task_id: &str) -> Result<pb::Task, Error> {
-        let message = request(pb::GetTaskRequest {
+        let message = self.request(pb::GetTaskRequest {
             task_id: task_id.to_owned(),
         });
         Ok(self.inner.clone().get_task(message).await?.into_inner())
@@ -297,7 +399,7 @@ impl Client {
         &self,
         task_id: &str,
     ) -> Result<impl Stream<Item = Result<pb::Task, Error>> + use<>, Error> {
-        let message = request(pb::WatchTaskRequest {
+        let message = self.request(pb::WatchTaskRequest {
             task_id: task_id.to_owned(),
         });
         let stream = self.inner.clone().watch_task(message).await?.into_inner();
@@ -349,7 +451,7 @@ impl Client {
 
     /// Cancels a task.
     pub async fn cancel(&self, task_id: &str) -> Result<pb::Task, Error> {
-        let message = request(pb::CancelTaskRequest {
+        let message = self.request(pb::CancelTaskRequest {
             task_id: task_id.to_owned(),
         });
         Ok(self.inner.clone().cancel_task(message).await?.into_inner())
@@ -357,7 +459,7 @@ impl Client {
 
     /// Requeues a DEAD or CANCELLED task.
     pub async fn retry(&self, task_id: &str) -> Result<pb::Task, Error> {
-        let message = request(pb::RetryTaskRequest {
+        let message = self.request(pb::RetryTaskRequest {
             task_id: task_id.to_owned(),
         });
         Ok(self.inner.clone().retry_task(message).await?.into_inner())
@@ -371,7 +473,7 @@ impl Client {
         Ok(self
             .inner
             .clone()
-            .list_tasks(request(list))
+            .list_tasks(self.request(list))
             .await?
             .into_inner())
     }
@@ -381,7 +483,7 @@ impl Client {
         Ok(self
             .inner
             .clone()
-            .list_queues(request(pb::ListQueuesRequest {}))
+            .list_queues(self.request(pb::ListQueuesRequest {}))
             .await?
             .into_inner()
             .queues)
@@ -389,7 +491,7 @@ impl Client {
 
     /// Pauses a queue.
     pub async fn pause(&self, queue: &str) -> Result<pb::Queue, Error> {
-        let message = request(pb::PauseQueueRequest {
+        let message = self.request(pb::PauseQueueRequest {
             queue: queue.to_owned(),
         });
         Ok(self.inner.clone().pause_queue(message).await?.into_inner())
@@ -397,7 +499,7 @@ impl Client {
 
     /// Resumes a queue.
     pub async fn resume(&self, queue: &str) -> Result<pb::Queue, Error> {
-        let message = request(pb::ResumeQueueRequest {
+        let message = self.request(pb::ResumeQueueRequest {
             queue: queue.to_owned(),
         });
         Ok(self.inner.clone().resume_queue(message).await?.into_inner())
@@ -405,7 +507,7 @@ impl Client {
 
     /// Deletes a queue's DEAD tasks; returns how many.
     pub async fn purge_dead(&self, queue: &str) -> Result<u64, Error> {
-        let message = request(pb::PurgeDeadTasksRequest {
+        let message = self.request(pb::PurgeDeadTasksRequest {
             queue: queue.to_owned(),
         });
         Ok(self
@@ -419,7 +521,7 @@ impl Client {
 
     /// Requeues every dead task of a queue; returns how many.
     pub async fn retry_dead(&self, queue: &str) -> Result<u64, Error> {
-        let message = request(pb::RetryDeadTasksRequest {
+        let message = self.request(pb::RetryDeadTasksRequest {
             queue: queue.to_owned(),
         });
         Ok(self
@@ -439,7 +541,7 @@ impl Client {
         fraction: f64,
         message: &str,
     ) -> Result<(), Error> {
-        let message = request(pb::ReportProgressRequest {
+        let message = self.request(pb::ReportProgressRequest {
             task_id: task_id.to_owned(),
             attempt,
             fraction,

@@ -21,13 +21,21 @@ const tarefa = grpc.loadPackageDefinition(definition).tarefa.v1;
 const FINAL = new Set(['TASK_STATE_SUCCEEDED', 'TASK_STATE_DEAD', 'TASK_STATE_CANCELLED']);
 const WAIT_MS = 120_000;
 
-const scheduler = new tarefa.Scheduler(process.argv[2] || '127.0.0.1:50051', grpc.credentials.createInsecure());
+// TAREFA_TOKEN, when set, goes with every call as `authorization: Bearer <token>` (call
+// metadata, so it works on plain and TLS channels alike); TAREFA_CA_CERT (a PEM file)
+// switches to TLS, trusting that CA.
+const metadata = new grpc.Metadata();
+if (process.env.TAREFA_TOKEN) metadata.add('authorization', `Bearer ${process.env.TAREFA_TOKEN}`);
+const credentials = process.env.TAREFA_CA_CERT
+  ? grpc.credentials.createSsl(require('fs').readFileSync(process.env.TAREFA_CA_CERT))
+  : grpc.credentials.createInsecure();
+const scheduler = new tarefa.Scheduler(process.argv[2] || '127.0.0.1:50051', credentials);
 
 // SubmitTask with a JSON payload; resolves to the task id.
 function submit(task_type, args) {
   const request = { task_type, payload: Buffer.from(JSON.stringify(args)), content_type: 'application/json' };
   return new Promise((resolve, reject) => {
-    scheduler.SubmitTask(request, { deadline: Date.now() + 30_000 }, (error, response) =>
+    scheduler.SubmitTask(request, metadata, { deadline: Date.now() + 30_000 }, (error, response) =>
       error ? reject(error) : resolve(response.task_id),
     );
   });
@@ -36,7 +44,7 @@ function submit(task_type, args) {
 // WatchTask streams the task now and on every change, and ends after a final state.
 async function wait(task_id) {
   let task;
-  for await (const update of scheduler.WatchTask({ task_id }, { deadline: Date.now() + WAIT_MS })) task = update;
+  for await (const update of scheduler.WatchTask({ task_id }, metadata, { deadline: Date.now() + WAIT_MS })) task = update;
   if (!task || !FINAL.has(task.state)) throw new Error(`WatchTask(${task_id}) ended before a final state`);
   const succeeded = task.state === 'TASK_STATE_SUCCEEDED';
   return {

@@ -123,25 +123,26 @@ impl FromStr for HandlerSpec {
             return Err(SpecError::new(spec, "the URL has no host"));
         }
         let transport = match uri.scheme_str() {
-            Some("grpc") => {
+            Some(scheme @ ("grpc" | "grpcs")) => {
                 if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
                     return Err(SpecError::new(
                         spec,
-                        "a grpc:// URL is HOST:PORT only, without a path",
+                        format!("a {scheme}:// URL is HOST:PORT only, without a path"),
                     ));
                 }
                 if uri.port().is_none() {
-                    return Err(SpecError::new(spec, "a grpc:// URL needs a port"));
+                    return Err(SpecError::new(
+                        spec,
+                        format!("a {scheme}:// URL needs a port"),
+                    ));
                 }
                 Transport::Grpc
             }
             Some("http") => Transport::Http,
-            Some(scheme @ ("https" | "grpcs")) => {
+            Some("https") => {
                 return Err(SpecError::new(
                     spec,
-                    format!(
-                        "{scheme}:// is not supported: the executor speaks plaintext; put the handler on a private network or behind a TLS-terminating sidecar"
-                    ),
+                    "https:// is not supported yet: use a grpcs:// handler, or put the HTTP handler behind a TLS-terminating sidecar",
                 ));
             }
             _ => {
@@ -195,16 +196,41 @@ pub fn register(registry: &mut Registry, specs: &[HandlerSpec]) -> Result<(), Sp
     Ok(())
 }
 
+/// PEM CA certificate(s) that `grpcs://` handlers' certificates must chain to, when not a
+/// system root.
+pub const ENV_HANDLER_CA_CERT: &str = "TAREFA_HANDLER_CA_CERT";
+
 fn grpc_channel(spec: &HandlerSpec) -> Result<Channel, SpecError> {
-    let address = spec.url.replacen("grpc://", "http://", 1);
-    let endpoint = Endpoint::from_shared(address)
-        .map_err(|e| SpecError::new(&spec.to_string(), format!("bad gRPC endpoint: {e}")))?;
-    Ok(endpoint
+    let bad =
+        |e: &dyn fmt::Display| SpecError::new(&spec.to_string(), format!("bad gRPC endpoint: {e}"));
+    let mut endpoint = if let Some(rest) = spec.url.strip_prefix("grpcs://") {
+        // TLS (rustls): the system's roots, or the CA in TAREFA_HANDLER_CA_CERT.
+        let mut tls = tonic::transport::ClientTlsConfig::new();
+        tls = match std::env::var_os(ENV_HANDLER_CA_CERT).filter(|v| !v.is_empty()) {
+            Some(path) => {
+                let pem = std::fs::read(&path).map_err(|e| {
+                    SpecError::new(
+                        &spec.to_string(),
+                        format!("{ENV_HANDLER_CA_CERT} {}: {e}", path.to_string_lossy()),
+                    )
+                })?;
+                tls.ca_certificate(tonic::transport::Certificate::from_pem(pem))
+            }
+            None => tls.with_native_roots(),
+        };
+        Endpoint::from_shared(format!("https://{rest}"))
+            .map_err(|e| bad(&e))?
+            .tls_config(tls)
+            .map_err(|e| bad(&e))?
+    } else {
+        Endpoint::from_shared(spec.url.replacen("grpc://", "http://", 1)).map_err(|e| bad(&e))?
+    };
+    endpoint = endpoint
         .connect_timeout(CONNECT_TIMEOUT)
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(30))
-        .keep_alive_while_idle(false)
-        .connect_lazy())
+        .keep_alive_while_idle(false);
+    Ok(endpoint.connect_lazy())
 }
 
 fn now_ms() -> u64 {
@@ -577,6 +603,7 @@ mod tests {
             ("x=grpc://h", "port"),
             ("x=grpc://h:1/path", "without a path"),
             ("x=https://h/p", "not supported"),
+            ("x=grpcs://h", "port"),
             ("x=not a url", "does not parse"),
         ] {
             let error = bad.parse::<HandlerSpec>().unwrap_err().to_string();
@@ -651,3 +678,7 @@ mod tests {
         ));
     }
 }
+
+#[cfg(test)]
+#[path = "remote_props.rs"]
+mod props;

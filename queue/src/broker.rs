@@ -2,6 +2,7 @@
 
 use std::collections::HashSet;
 use std::future::Future;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -25,7 +26,21 @@ pub struct BrokerConfig {
     pub idempotency_window: Duration,
     /// How long DEAD tasks are kept.
     pub dead_ttl: Duration,
+    /// PEM CA certificate(s) a `rediss://` Redis's certificate must chain to, when not a
+    /// system root (default: `TAREFA_REDIS_CA_CERT`).
+    pub tls_ca_cert: Option<PathBuf>,
+    /// PEM client certificate and key, for a Redis that asks for one (`tls-auth-clients`)
+    /// (default: `TAREFA_REDIS_CLIENT_CERT` and `TAREFA_REDIS_CLIENT_KEY`).
+    pub tls_client_cert: Option<(PathBuf, PathBuf)>,
 }
+
+/// Env variables read by [`BrokerConfig::new`], so the scheduler and every executor pick them
+/// up alike.
+pub const ENV_REDIS_CA_CERT: &str = "TAREFA_REDIS_CA_CERT";
+/// See [`BrokerConfig::tls_client_cert`].
+pub const ENV_REDIS_CLIENT_CERT: &str = "TAREFA_REDIS_CLIENT_CERT";
+/// See [`BrokerConfig::tls_client_cert`].
+pub const ENV_REDIS_CLIENT_KEY: &str = "TAREFA_REDIS_CLIENT_KEY";
 
 impl BrokerConfig {
     /// Defaults for `redis_url`: namespace `tarefa`, 2 s command timeout, 24 h idempotency
@@ -37,7 +52,38 @@ impl BrokerConfig {
             command_timeout: Duration::from_secs(2),
             idempotency_window: Duration::from_secs(24 * 3600),
             dead_ttl: Duration::from_secs(7 * 24 * 3600),
+            tls_ca_cert: std::env::var_os(ENV_REDIS_CA_CERT)
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from),
+            tls_client_cert: std::env::var_os(ENV_REDIS_CLIENT_CERT)
+                .zip(std::env::var_os(ENV_REDIS_CLIENT_KEY))
+                .filter(|(cert, key)| !cert.is_empty() && !key.is_empty())
+                .map(|(cert, key)| (PathBuf::from(cert), PathBuf::from(key))),
         }
+    }
+
+    /// The Redis client: `rediss://` is TLS (rustls), trusting the configured CA or else the
+    /// system's roots.
+    pub fn client(&self) -> Result<redis::Client> {
+        let bad_url = |e: redis::RedisError| Error::invalid("redis_url", e.to_string());
+        if self.tls_ca_cert.is_none() && self.tls_client_cert.is_none() {
+            return redis::Client::open(self.redis_url.as_str()).map_err(bad_url);
+        }
+        let read = |path: &PathBuf| {
+            std::fs::read(path)
+                .map_err(|e| Error::invalid("redis tls", format!("{}: {e}", path.display())))
+        };
+        let certificates = redis::TlsCertificates {
+            client_tls: match &self.tls_client_cert {
+                Some((cert, key)) => Some(redis::ClientTlsConfig {
+                    client_cert: read(cert)?,
+                    client_key: read(key)?,
+                }),
+                None => None,
+            },
+            root_cert: self.tls_ca_cert.as_ref().map(read).transpose()?,
+        };
+        redis::Client::build_with_tls(self.redis_url.as_str(), certificates).map_err(bad_url)
     }
 }
 
@@ -77,8 +123,7 @@ impl Broker {
                 "must be non-empty letters, digits, '_', '-' or '.'",
             ));
         }
-        let client = redis::Client::open(config.redis_url.as_str())
-            .map_err(|e| Error::invalid("redis_url", e.to_string()))?;
+        let client = config.client()?;
         let con = ConnectionManager::new_lazy_with_config(
             client.clone(),
             Self::manager_config(config.command_timeout),

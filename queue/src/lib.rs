@@ -25,7 +25,9 @@ mod submit;
 pub mod task;
 
 pub use admin::{ExecutorInfo, ListPage, QueueStats};
-pub use broker::{Broker, BrokerConfig};
+pub use broker::{
+    Broker, BrokerConfig, ENV_REDIS_CA_CERT, ENV_REDIS_CLIENT_CERT, ENV_REDIS_CLIENT_KEY,
+};
 pub use consumer::{
     AttemptToken, Claimed, Reader, ReclaimReport, ReconcileReport, Release, RenewReply, Written,
 };

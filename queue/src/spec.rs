@@ -179,3 +179,7 @@ mod tests {
         assert!(decode(&[1, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]).is_err());
     }
 }
+
+#[cfg(test)]
+#[path = "spec_props.rs"]
+mod props;

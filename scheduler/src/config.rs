@@ -2,11 +2,16 @@
 //! that work on a laptop.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::auth::{AuthSettings, Scopes, TokenEntry, parse_entries};
+use crate::tls::TlsFiles;
+
 /// Everything the scheduler can be told. Parsed by clap in the binary; tests and `tarefa dev`
-/// build it with [`Config::for_redis`].
-#[derive(Debug, Clone, clap::Args)]
+/// build it with [`Config::for_redis`]. Its `Debug` hides every secret (the Redis password,
+/// tokens).
+#[derive(Clone, clap::Args)]
 pub struct Config {
     /// Address of the gRPC server.
     #[arg(long, env = "TAREFA_LISTEN", default_value = "127.0.0.1:50051")]
@@ -18,7 +23,8 @@ pub struct Config {
     #[arg(
         long,
         env = "TAREFA_REDIS_URL",
-        default_value = "redis://127.0.0.1:6379"
+        default_value = "redis://127.0.0.1:6379",
+        hide_env_values = true
     )]
     pub redis_url: String,
     /// Prefix of every Redis key; lets several installations share one Redis.
@@ -60,19 +66,87 @@ pub struct Config {
     /// How long in-flight RPCs may take to finish after SIGTERM (s).
     #[arg(long, env = "TAREFA_SHUTDOWN_GRACE_SECS", default_value_t = 10)]
     pub shutdown_grace_secs: u64,
-    /// Token the dashboard's actions (retry, cancel, pause, purge) require, as
-    /// `Authorization: Bearer <token>` or through its sign-in form. Unset: anyone who can reach
-    /// the HTTP port may act, so set it whenever that port is not private.
+    /// File of tokens, one `NAME:SCOPES:QUEUES:SECRET` per line (scopes: submit, read,
+    /// admin; queues: `*` or a comma-separated list; an empty secret names an mTLS client
+    /// identity). Read again on SIGHUP. With any token, every RPC and dashboard call needs one
+    /// (see --anonymous-scopes).
+    #[arg(long, env = "TAREFA_TOKENS_FILE")]
+    pub tokens_file: Option<PathBuf>,
+    /// Tokens as `;`-separated `NAME:SCOPES:QUEUES:SECRET` entries (prefer --tokens-file: a
+    /// file is not visible in the process list). Never printed.
+    #[arg(long, env = "TAREFA_TOKENS", hide_env_values = true)]
+    pub tokens: Option<String>,
+    /// What callers without a token may do: `none`, or scopes such as `read` or
+    /// `submit,read`. Default: everything when no token is configured, nothing otherwise.
+    #[arg(long, env = "TAREFA_ANONYMOUS_SCOPES")]
+    pub anonymous_scopes: Option<String>,
+    /// Legacy: a token with the admin scope named `dashboard`. Callers without a token keep
+    /// `submit` and `read` (only `submit` with --dashboard-token-for-reads), unless
+    /// --anonymous-scopes says otherwise. Prefer --tokens-file.
     #[arg(long, env = "TAREFA_DASHBOARD_TOKEN", hide_env_values = true)]
     pub dashboard_token: Option<String>,
-    /// Require the dashboard token for reads too (task payloads, results and errors may be
-    /// sensitive). Without it reads stay open.
+    /// Legacy, with --dashboard-token: callers without a token may not read either.
     #[arg(
         long,
         env = "TAREFA_DASHBOARD_TOKEN_FOR_READS",
         default_value_t = false
     )]
     pub dashboard_token_for_reads: bool,
+    /// `/metrics` and `/readyz` need a token with the read scope.
+    #[arg(long, env = "TAREFA_PROTECT_METRICS", default_value_t = false)]
+    pub protect_metrics: bool,
+    /// `/healthz` needs a token with the read scope too.
+    #[arg(long, env = "TAREFA_PROTECT_HEALTH", default_value_t = false)]
+    pub protect_health: bool,
+    /// Host names the dashboard answers to, comma-separated, besides `localhost` and IP
+    /// addresses (a DNS-rebinding page sends its own name). Set it to the name users type,
+    /// e.g. `tarefa.internal.example`; `*` turns the check off (behind a proxy that checks).
+    #[arg(
+        long,
+        env = "TAREFA_HTTP_ALLOWED_HOSTS",
+        value_delimiter = ',',
+        default_value = ""
+    )]
+    pub http_allowed_hosts: Vec<String>,
+    /// PEM certificate chain: serve TLS on both ports (gRPC and HTTP). Reloaded on SIGHUP and
+    /// when the file changes.
+    #[arg(long, env = "TAREFA_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "TAREFA_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA certificates of client certificates (mTLS). Clients must present one unless
+    /// --tls-client-auth optional.
+    #[arg(long, env = "TAREFA_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// With --tls-client-ca: `required` (default) or `optional` (clients without a
+    /// certificate may still use a token).
+    #[arg(long, env = "TAREFA_TLS_CLIENT_AUTH", default_value = "required", value_parser = ["required", "optional"])]
+    pub tls_client_auth: String,
+    /// Most open connections per port; more are closed at once.
+    #[arg(long, env = "TAREFA_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
+    /// Most concurrent gRPC streams (calls, watches) per connection.
+    #[arg(long, env = "TAREFA_MAX_STREAMS_PER_CONNECTION", default_value_t = 100)]
+    pub max_streams_per_connection: u32,
+    /// Most bytes of SubmitTasks batches being validated and written at once (they take about
+    /// three times their size in memory); a batch waits up to 5 s for room, then is
+    /// RESOURCE_EXHAUSTED (retry it). A batch larger than this is refused at once.
+    #[arg(long, env = "TAREFA_MAX_SUBMIT_INFLIGHT_BYTES", default_value_t = 256 * 1024 * 1024)]
+    pub max_submit_inflight_bytes: usize,
+    /// Most queues; a submit that would create another is RESOURCE_EXHAUSTED.
+    #[arg(long, env = "TAREFA_MAX_QUEUES", default_value_t = 1000)]
+    pub max_queues: usize,
+    /// Most WatchTask streams open at once in all; more are RESOURCE_EXHAUSTED.
+    #[arg(long, env = "TAREFA_MAX_WATCHES", default_value_t = 10_000)]
+    pub max_watches: usize,
+    /// HTTP/2 keepalive ping interval (s): connections of clients that vanished are dropped
+    /// (with their watches) after one unanswered ping. 0 disables.
+    #[arg(long, env = "TAREFA_HTTP2_KEEPALIVE_SECS", default_value_t = 30)]
+    pub http2_keepalive_secs: u64,
+    /// Longest an HTTP request's headers (or a TLS handshake) may take to arrive (ms).
+    #[arg(long, env = "TAREFA_HEADER_READ_TIMEOUT_MS", default_value_t = 10_000)]
+    pub header_read_timeout_ms: u64,
     /// Per-queue defaults for tasks that do not say, `;`-separated or repeated:
     /// `mail:max_attempts=10,backoff_initial_ms=5000,backoff_max_ms=600000` (keys:
     /// max_attempts, timeout_ms, result_ttl_ms, backoff_initial_ms, backoff_max_ms,
@@ -83,6 +157,38 @@ pub struct Config {
         value_delimiter = ';'
     )]
     pub queue_defaults: Vec<QueueDefaults>,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let hidden = |set: bool| if set { "<hidden>" } else { "<none>" };
+        f.debug_struct("Config")
+            .field("listen", &self.listen)
+            .field("http_listen", &self.http_listen)
+            .field("redis_url", &redact_url(&self.redis_url))
+            .field("namespace", &self.namespace)
+            .field("tokens_file", &self.tokens_file)
+            .field("tokens", &hidden(self.tokens.is_some()))
+            .field("anonymous_scopes", &self.anonymous_scopes)
+            .field("dashboard_token", &hidden(self.dashboard_token.is_some()))
+            .field("dashboard_token_for_reads", &self.dashboard_token_for_reads)
+            .field("tls_cert", &self.tls_cert)
+            .field("tls_client_ca", &self.tls_client_ca)
+            .field("http_allowed_hosts", &self.http_allowed_hosts)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `url` without its password (`redis://user:***@host`).
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            let user = userinfo.split_once(':').map_or("", |(user, _)| user);
+            format!("{}://{user}:***@{}", &url[..scheme], &url[at + 1..])
+        }
+        _ => url.to_owned(),
+    }
 }
 
 /// Defaults for the tasks of one queue (see `--queue-defaults`).
@@ -172,8 +278,25 @@ impl Config {
             dead_ttl_secs: 7 * 24 * 3600,
             jaeger_url: String::new(),
             shutdown_grace_secs: 10,
+            tokens_file: None,
+            tokens: None,
+            anonymous_scopes: None,
             dashboard_token: None,
             dashboard_token_for_reads: false,
+            protect_metrics: false,
+            protect_health: false,
+            http_allowed_hosts: Vec::new(),
+            tls_cert: None,
+            tls_key: None,
+            tls_client_ca: None,
+            tls_client_auth: "required".to_owned(),
+            max_connections: 10_000,
+            max_streams_per_connection: 100,
+            max_queues: 1000,
+            max_submit_inflight_bytes: 256 * 1024 * 1024,
+            max_watches: 10_000,
+            http2_keepalive_secs: 30,
+            header_read_timeout_ms: 10_000,
             queue_defaults: Vec::new(),
         }
     }
@@ -181,6 +304,59 @@ impl Config {
     /// The defaults configured for `queue`, if any.
     pub fn defaults_for(&self, queue: &str) -> Option<&QueueDefaults> {
         self.queue_defaults.iter().rev().find(|d| d.queue == queue)
+    }
+
+    /// Where tokens come from and what anonymous callers may do, with the legacy
+    /// `--dashboard-token` mapped onto it.
+    pub fn auth_settings(&self) -> Result<AuthSettings, String> {
+        let mut inline = match &self.tokens {
+            Some(text) => parse_entries(text, ';').map_err(|e| format!("--tokens: {e}"))?,
+            None => Vec::new(),
+        };
+        let mut anonymous = match &self.anonymous_scopes {
+            Some(text) => Some(
+                text.parse::<Scopes>()
+                    .map_err(|e| format!("--anonymous-scopes: {e}"))?,
+            ),
+            None => None,
+        };
+        if let Some(token) = self.dashboard_token.as_deref().filter(|t| !t.is_empty()) {
+            // The old flag allowed short tokens; keep them working, with a warning.
+            if token.len() < crate::auth::MIN_SECRET_LEN {
+                tracing::warn!(
+                    "--dashboard-token is shorter than {} bytes: use a long random token",
+                    crate::auth::MIN_SECRET_LEN
+                );
+            }
+            let padded = format!("dashboard:admin:*:{token}");
+            let entry = padded
+                .parse::<TokenEntry>()
+                .or_else(|_| TokenEntry::legacy("dashboard", token))
+                .map_err(|e| format!("--dashboard-token: {e}"))?;
+            inline.push(entry);
+            if anonymous.is_none() {
+                anonymous = Some(if self.dashboard_token_for_reads {
+                    "submit".parse()?
+                } else {
+                    "submit,read".parse()?
+                });
+            }
+        }
+        Ok(AuthSettings {
+            tokens_file: self.tokens_file.clone(),
+            inline,
+            anonymous,
+        })
+    }
+
+    /// The TLS files of both listeners, if TLS is on.
+    pub fn tls_files(&self) -> Option<TlsFiles> {
+        Some(TlsFiles {
+            cert: self.tls_cert.clone()?,
+            key: self.tls_key.clone()?,
+            client_ca: self.tls_client_ca.clone(),
+            client_cert_required: self.tls_client_auth != "optional",
+        })
     }
 
     /// The queue layer's configuration.

@@ -49,12 +49,36 @@ fn queue_name_for(
     Ok(queue.to_owned())
 }
 
-/// Parses a task id from a request.
-pub(crate) fn task_id(text: &str) -> Result<TaskId, Error> {
+/// Parses a task id from a request. Its queue part is held to the same rules as a queue
+/// name (so a megabyte-long id never reaches Redis).
+pub(crate) fn task_id(text: &str, config: &Config) -> Result<TaskId, Error> {
     if text.is_empty() {
         return Err(invalid("task_id", "is required"));
     }
+    // `<queue>:<26-character ulid>`.
+    if text.len() > config.max_queue_name_len.saturating_add(27) {
+        return Err(invalid(
+            "task_id",
+            format!(
+                "is too long: a queue name of at most {} characters, ':' and a 26-character id",
+                config.max_queue_name_len
+            ),
+        ));
+    }
     Ok(TaskId::parse(text)?)
+}
+
+/// Largest list offset a page token may carry: far beyond any real list, and small enough
+/// that Redis takes it as an integer and the next token is always larger.
+const MAX_PAGE_OFFSET: u64 = 1 << 53;
+
+/// The offset in a page token this server issued (a decimal offset).
+pub(crate) fn page_offset(token: &str) -> Result<u64, Error> {
+    token
+        .parse::<u64>()
+        .ok()
+        .filter(|offset| *offset <= MAX_PAGE_OFFSET)
+        .ok_or_else(|| invalid("page_token", "is not a token this server issued"))
 }
 
 /// Validates one submit; `index` is `None` for SubmitTask and `Some(i)` for `tasks[i]` in a
@@ -356,3 +380,7 @@ pub(crate) fn queue_to_proto(stats: tarefa_queue::QueueStats) -> pb::Queue {
         succeeded_per_minute: stats.succeeded_per_minute,
     }
 }
+
+#[cfg(test)]
+#[path = "convert_props.rs"]
+mod props;

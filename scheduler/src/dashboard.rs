@@ -6,15 +6,22 @@
 //! invalid, 401 missing token, 403 cross-site request, 404 not found, 409 failed precondition,
 //! 503 Redis unavailable, 500 anything else (logged, not sent).
 //!
-//! Auth: with `--dashboard-token`, every action (POST) needs the token, as
-//! `Authorization: Bearer <token>` or the cookie that `POST /api/login` sets; reads need it
-//! only with `--dashboard-token-for-reads`. Every POST is also refused when its `Origin` is
-//! another site, so a page elsewhere cannot drive an open dashboard from a visitor's browser.
+//! Auth: the same tokens and scopes as the gRPC port (`crate::auth`): reads need `read` on
+//! the queue, actions `admin`; a token comes as `Authorization: Bearer <token>`, or through
+//! the session that `POST /api/login` opens (its cookie is a random session id, never the
+//! token; `POST /api/logout` ends it on the server), or from a verified client certificate.
+//! Every admin action is audited. Every POST is also refused when its `Origin` is another
+//! site, and every page and API call when its `Host` is a name not allowed
+//! (`--http-allowed-hosts`), so neither another site's page nor a DNS-rebinding one can drive
+//! the dashboard from a visitor's browser.
 //! The page renders task data with `textContent` only and is served under a strict
 //! Content-Security-Policy, so payloads and errors cannot inject markup or script.
 
+use std::sync::Arc;
+
 use axum::Router;
-use axum::extract::{Form, Path, Query, State};
+use axum::extract::{Form, FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -22,16 +29,19 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tarefa_queue::{QueueStats, TaskRecord, TaskState};
 
-use crate::convert::{queue_name, task_id, task_to_proto};
+use crate::auth::{Credentials, Denied, Principal, Scope};
+use crate::convert::{queue_name, task_to_proto};
 use crate::error::Error;
 use crate::http::HttpState;
+use crate::metrics::AdminAction;
+use crate::net::ConnInfo;
 
 const INDEX_HTML: &str = include_str!("../assets/index.html");
 const DASHBOARD_JS: &str = include_str!("../assets/dashboard.js");
 const DASHBOARD_CSS: &str = include_str!("../assets/dashboard.css");
 
-/// The cookie the sign-in form sets.
-const SESSION_COOKIE: &str = "tarefa_dashboard_token";
+/// The cookie the sign-in form sets: a session id, not the token.
+const SESSION_COOKIE: &str = "tarefa_session";
 /// Most bytes of a payload, result or error message sent to the page.
 const PREVIEW_BYTES: usize = 4 * 1024;
 /// Longest last-error excerpt in a task list row.
@@ -48,8 +58,8 @@ const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; \
      style-src 'self'; img-src 'self' data:; connect-src 'self'; form-action 'self'; \
      base-uri 'none'; frame-ancestors 'none'";
 
-/// The dashboard's routes, merged into [`crate::http::router`].
-pub(crate) fn routes() -> Router<HttpState> {
+/// The dashboard's routes, merged into [`crate::http::router`], behind the `Host` check.
+pub(crate) fn routes(state: HttpState) -> Router<HttpState> {
     Router::new()
         .route("/", get(index))
         .route("/assets/dashboard.js", get(script))
@@ -57,16 +67,69 @@ pub(crate) fn routes() -> Router<HttpState> {
         .route("/api/session", get(session))
         .route("/api/login", post(login))
         .route("/api/logout", post(logout))
+        .route("/api/sessions/{token}/revoke", post(revoke_sessions))
         .route("/api/queues", get(queues))
         .route("/api/queues/{queue}/{action}", post(queue_action))
         .route("/api/tasks", get(tasks))
         .route("/api/tasks/{id}", get(task))
         .route("/api/tasks/{id}/{action}", post(task_action))
+        .layer(axum::middleware::from_fn_with_state(state, check_host))
+}
+
+/// Refuses a request whose `Host` is a name not allowed: a DNS-rebinding page reaches this
+/// port under its own name, and the browser then treats the dashboard as same-origin.
+async fn check_host(
+    State(state): State<HttpState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok());
+    if host_allowed(host, &state.config.http_allowed_hosts) {
+        next.run(request).await
+    } else {
+        tracing::info!(host = ?host.map(crate::http::escape), "dashboard request refused: Host not allowed");
+        ApiError::new(
+            StatusCode::FORBIDDEN,
+            "this Host is not allowed; add it to --http-allowed-hosts",
+        )
+        .into_response()
+    }
+}
+
+/// `localhost`, an IP address, or a configured name (`*` allows any).
+pub(crate) fn host_allowed(host: Option<&str>, allowed: &[String]) -> bool {
+    if allowed.iter().any(|a| a == "*") {
+        return true;
+    }
+    let Some(host) = host else {
+        return false;
+    };
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        // [v6]:port
+        match rest.split_once(']') {
+            Some((v6, _)) => v6,
+            None => return false,
+        }
+    } else {
+        match host.rsplit_once(':') {
+            Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+            _ => host,
+        }
+    };
+    let name = name.trim_end_matches('.');
+    name.parse::<std::net::IpAddr>().is_ok()
+        || name.eq_ignore_ascii_case("localhost")
+        || allowed
+            .iter()
+            .any(|a| !a.is_empty() && a.trim_end_matches('.').eq_ignore_ascii_case(name))
 }
 
 /// An API failure: its status and the message the page shows.
 #[derive(Debug)]
-struct ApiError {
+pub(crate) struct ApiError {
     status: StatusCode,
     message: String,
 }
@@ -116,6 +179,15 @@ impl From<Error> for ApiError {
     }
 }
 
+impl From<Denied> for ApiError {
+    fn from(denied: Denied) -> Self {
+        match denied {
+            Denied::Unauthenticated(message) => Self::new(StatusCode::UNAUTHORIZED, message),
+            Denied::PermissionDenied(message) => Self::new(StatusCode::FORBIDDEN, message),
+        }
+    }
+}
+
 impl From<tarefa_queue::Error> for ApiError {
     fn from(error: tarefa_queue::Error) -> Self {
         Error::from(error).into()
@@ -144,80 +216,75 @@ fn invalid(field: &str, reason: impl Into<String>) -> ApiError {
 
 // ---- auth ----
 
-/// The configured token; an empty one counts as none.
-fn configured_token(state: &HttpState) -> Option<&str> {
-    state
-        .config
-        .dashboard_token
-        .as_deref()
-        .filter(|token| !token.is_empty())
+/// The session id a request's cookie carries.
+fn session_cookie(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == SESSION_COOKIE)
+        .map(|(_, value)| value.to_owned())
 }
 
-/// The token a request carries: its bearer header, else its session cookie.
-fn presented_token(headers: &HeaderMap) -> Option<String> {
-    let bearer = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "))
-        .map(|token| token.trim().to_owned());
-    bearer.or_else(|| {
-        headers
-            .get_all(header::COOKIE)
-            .iter()
-            .filter_map(|value| value.to_str().ok())
-            .flat_map(|value| value.split(';'))
-            .filter_map(|pair| pair.trim().split_once('='))
-            .find(|(name, _)| *name == SESSION_COOKIE)
-            .and_then(|(_, value)| hex_decode(value))
+/// Who a request comes from (see `crate::auth`). Err only for credentials that are not valid.
+pub(crate) fn authenticate(
+    state: &HttpState,
+    headers: &HeaderMap,
+    conn: Option<&ConnInfo>,
+) -> Result<Arc<Principal>, ApiError> {
+    let session = session_cookie(headers);
+    let credentials = Credentials {
+        authorization: headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok()),
+        session: session.as_deref(),
+        client_certs: conn
+            .and_then(|c| c.client_certs.as_deref())
+            .map(Vec::as_slice),
+    };
+    state.auth.authenticate(&credentials).map_err(|denied| {
+        state
+            .metrics
+            .auth_refused("http", tonic::Code::Unauthenticated);
+        ApiError::from(denied)
     })
 }
 
-/// The cookie carries the token hex-encoded, so any token fits in a cookie value.
-fn hex_encode(text: &str) -> String {
-    text.bytes().map(|b| format!("{b:02x}")).collect()
-}
+/// The caller of a dashboard request.
+pub(crate) struct Caller(Arc<Principal>);
 
-fn hex_decode(hex: &str) -> Option<String> {
-    if !hex.len().is_multiple_of(2) || !hex.is_ascii() {
-        return None;
-    }
-    let bytes = (0..hex.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).ok())
-        .collect::<Option<Vec<u8>>>()?;
-    String::from_utf8(bytes).ok()
-}
+impl FromRequestParts<HttpState> for Caller {
+    type Rejection = ApiError;
 
-/// Compares in time independent of where the first difference is.
-fn same_secret(a: &str, b: &str) -> bool {
-    a.len() == b.len()
-        && a.bytes()
-            .zip(b.bytes())
-            .fold(0u8, |diff, (x, y)| diff | (x ^ y))
-            == 0
-}
-
-fn signed_in(state: &HttpState, headers: &HeaderMap) -> bool {
-    match configured_token(state) {
-        None => true,
-        Some(expected) => {
-            presented_token(headers).is_some_and(|given| same_secret(&given, expected))
-        }
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &HttpState,
+    ) -> Result<Self, Self::Rejection> {
+        authenticate(state, &parts.headers, parts.extensions.get::<ConnInfo>()).map(Caller)
     }
 }
 
-fn require_read(state: &HttpState, headers: &HeaderMap) -> Result<(), ApiError> {
-    if state.config.dashboard_token_for_reads && !signed_in(state, headers) {
-        return Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "sign in: reads need the dashboard token",
-        ));
-    }
-    Ok(())
+/// Ok when `who` may do `scope` (on `queue`); a refusal is counted.
+fn allow(
+    state: &HttpState,
+    who: &Principal,
+    scope: Scope,
+    queue: Option<&str>,
+) -> Result<(), ApiError> {
+    who.check(scope, queue).map_err(|denied| {
+        let code = match denied {
+            Denied::Unauthenticated(_) => tonic::Code::Unauthenticated,
+            Denied::PermissionDenied(_) => tonic::Code::PermissionDenied,
+        };
+        state.metrics.auth_refused("http", code);
+        ApiError::from(denied)
+    })
 }
 
-/// Actions need the token (when one is set) and must not come from another site's page.
-fn require_action(state: &HttpState, headers: &HeaderMap) -> Result<(), ApiError> {
+/// Actions must not come from another site's page.
+fn require_same_site(headers: &HeaderMap) -> Result<(), ApiError> {
     let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let cross_site = text("sec-fetch-site").is_some_and(|site| site == "cross-site")
         || match (text("origin"), text("host")) {
@@ -236,13 +303,36 @@ fn require_action(state: &HttpState, headers: &HeaderMap) -> Result<(), ApiError
             "cross-site request refused",
         ));
     }
-    if !signed_in(state, headers) {
-        return Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "sign in: actions need the dashboard token",
-        ));
-    }
     Ok(())
+}
+
+/// Checks an admin action (same site, `admin` on the queue); a refusal is audited here, the
+/// outcome by the caller.
+fn admin<'a>(
+    state: &HttpState,
+    headers: &HeaderMap,
+    who: &'a Principal,
+    action: &'static str,
+    queue: &'a str,
+    task_id: Option<&'a str>,
+) -> Result<AdminAction<'a>, ApiError> {
+    require_same_site(headers)?;
+    let audit = AdminAction {
+        who: &who.name,
+        action,
+        via: "dashboard",
+        queue,
+        task_id,
+    };
+    if let Err(error) = allow(state, who, Scope::Admin, Some(queue)) {
+        state.metrics.admin_action(&audit, "denied");
+        return Err(error);
+    }
+    Ok(audit)
+}
+
+fn outcome<T, E>(result: &Result<T, E>) -> &'static str {
+    if result.is_ok() { "ok" } else { "error" }
 }
 
 // ---- page ----
@@ -289,14 +379,17 @@ fn jaeger_url(state: &HttpState) -> Option<&str> {
     (url.starts_with("http://") || url.starts_with("https://")).then_some(url)
 }
 
-async fn session(State(state): State<HttpState>, headers: HeaderMap) -> axum::Json<Value> {
-    let signed_in = signed_in(&state, &headers);
-    let reads_open = !state.config.dashboard_token_for_reads || signed_in;
+async fn session(State(state): State<HttpState>, Caller(who): Caller) -> axum::Json<Value> {
+    let anonymous = state.auth.anonymous_scopes();
+    let signed_in = who.name != "anonymous";
+    let reads_open = who.scopes.allows(Scope::Read);
     axum::Json(json!({
-        "token_required": configured_token(&state).is_some(),
-        "token_required_for_reads": state.config.dashboard_token_for_reads
-            && configured_token(&state).is_some(),
+        "token_required": !anonymous.allows(Scope::Admin),
+        "token_required_for_reads": !anonymous.allows(Scope::Read),
         "signed_in": signed_in,
+        "name": who.name,
+        "scopes": who.scopes.names(),
+        "queues": who.queues,
         "jaeger_url": jaeger_url(&state).filter(|_| reads_open),
         "refresh_ms": REFRESH_MS,
     }))
@@ -312,48 +405,89 @@ async fn login(
     headers: HeaderMap,
     Form(form): Form<LoginForm>,
 ) -> Result<Response, ApiError> {
-    let Some(expected) = configured_token(&state) else {
+    if !state.auth.enabled() {
         return Ok(axum::Json(json!({ "signed_in": true })).into_response());
+    }
+    let (session, who) = match state.auth.open_session(form.token.trim()) {
+        Ok(opened) => opened,
+        Err(denied) => {
+            tracing::info!("dashboard sign-in refused: wrong token");
+            state
+                .metrics
+                .auth_refused("http", tonic::Code::Unauthenticated);
+            return Err(denied.into());
+        }
     };
-    let token = form.token.trim();
-    if !same_secret(token, expected) {
-        tracing::info!("dashboard sign-in refused: wrong token");
-        return Err(ApiError::new(StatusCode::UNAUTHORIZED, "wrong token"));
-    }
     // Checked after the token so a wrong guess learns nothing from the origin check.
-    let cross_site = headers
-        .get("sec-fetch-site")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|site| site == "cross-site");
-    if cross_site {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "cross-site request refused",
-        ));
+    if let Err(error) = require_same_site(&headers) {
+        state.auth.close_session(&session);
+        return Err(error);
     }
+    tracing::info!(target: "tarefa::audit", who = %who.name, action = "sign-in", via = "dashboard", "dashboard sign-in");
+    let secure = if state.tls { "; Secure" } else { "" };
     let cookie = format!(
-        "{SESSION_COOKIE}={}; Path=/; HttpOnly; SameSite=Strict",
-        hex_encode(token)
+        "{SESSION_COOKIE}={session}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{secure}",
+        crate::auth::SESSION_TTL.as_secs()
     );
     let cookie = HeaderValue::from_str(&cookie).map_err(|_| invalid("token", "is malformed"))?;
     Ok((
         [(header::SET_COOKIE, cookie)],
-        axum::Json(json!({ "signed_in": true })),
+        axum::Json(json!({ "signed_in": true, "name": who.name })),
     )
         .into_response())
 }
 
-async fn logout() -> Response {
+/// Ends the session on the server (the cookie alone is worth nothing afterwards).
+async fn logout(State(state): State<HttpState>, headers: HeaderMap) -> Response {
+    if let Some(session) = session_cookie(&headers) {
+        state.auth.close_session(&session);
+    }
     (
         [(
             header::SET_COOKIE,
             HeaderValue::from_static(
-                "tarefa_dashboard_token=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0",
+                "tarefa_session=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0",
             ),
         )],
         axum::Json(json!({ "signed_in": false })),
     )
         .into_response()
+}
+
+/// Ends every dashboard session opened with the token named `token` (admin; audited). A
+/// token's owner signs out everywhere; an operator cuts off a leaked session.
+async fn revoke_sessions(
+    State(state): State<HttpState>,
+    Caller(who): Caller,
+    headers: HeaderMap,
+    Path(token): Path<String>,
+) -> ApiResult {
+    require_same_site(&headers)?;
+    let audit = AdminAction {
+        who: &who.name,
+        action: "revoke-sessions",
+        via: "dashboard",
+        queue: "",
+        task_id: None,
+    };
+    // Every queue: sessions are not per queue.
+    if let Err(error) = allow(&state, &who, Scope::Admin, None).and_then(|()| {
+        if who.queues.is_some() {
+            Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "revoking sessions needs an admin token for every queue",
+            ))
+        } else {
+            Ok(())
+        }
+    }) {
+        state.metrics.admin_action(&audit, "denied");
+        return Err(error);
+    }
+    let revoked = state.auth.close_sessions_of(&token);
+    state.metrics.admin_action(&audit, "ok");
+    tracing::info!(target: "tarefa::audit", who = %who.name, token = %crate::http::escape(&token), revoked, "dashboard sessions revoked");
+    Ok(axum::Json(json!({ "revoked": revoked })))
 }
 
 // ---- queues ----
@@ -385,11 +519,11 @@ fn queue_json(stats: QueueStats) -> Value {
     })
 }
 
-async fn queues(State(state): State<HttpState>, headers: HeaderMap) -> ApiResult {
-    require_read(&state, &headers)?;
+async fn queues(State(state): State<HttpState>, Caller(who): Caller) -> ApiResult {
+    allow(&state, &who, Scope::Read, None)?;
     let names = state.broker.queue_names().await?;
     let mut queues = Vec::with_capacity(names.len());
-    for name in names {
+    for name in names.into_iter().filter(|name| who.covers(name)) {
         queues.push(queue_json(state.broker.queue_stats(&name).await?));
     }
     Ok(axum::Json(json!({ "queues": queues })))
@@ -397,37 +531,42 @@ async fn queues(State(state): State<HttpState>, headers: HeaderMap) -> ApiResult
 
 async fn queue_action(
     State(state): State<HttpState>,
+    Caller(who): Caller,
     headers: HeaderMap,
     Path((queue, action)): Path<(String, String)>,
 ) -> ApiResult {
     let queue = queue_name(&queue, &state.config, "queue")?;
-    let known = ["pause", "resume", "purge-dead", "retry-dead"];
-    if !known.contains(&action.as_str()) {
-        return Err(ApiError::not_found(format!(
-            "no queue action {action:?}; there are {}",
-            known.join(", ")
-        )));
-    }
-    require_action(&state, &headers)?;
-    let mut reply = json!({});
-    match action.as_str() {
-        "pause" | "resume" => {
-            let paused = action == "pause";
-            state.broker.set_paused(&queue, paused).await?;
-            tracing::info!(%queue, paused, "dashboard: queue {}", if paused { "paused" } else { "resumed" });
-        }
-        "purge-dead" => {
-            let purged = state.broker.purge_dead(&queue).await?;
-            tracing::info!(%queue, purged, "dashboard: dead tasks purged");
-            reply["purged"] = json!(purged);
-        }
+    let action: &'static str = match action.as_str() {
+        "pause" => "pause",
+        "resume" => "resume",
+        "purge-dead" => "purge-dead",
+        "retry-dead" => "retry-dead",
         _ => {
-            // The same path as the RetryDeadTasks RPC: each dead task once, bounded.
-            let retried = state.broker.retry_dead(&queue, RETRY_DEAD_LIMIT).await?;
-            tracing::info!(%queue, retried, "dashboard: dead tasks requeued");
-            reply["retried"] = json!(retried);
+            return Err(ApiError::not_found(
+                "no such queue action; there are pause, resume, purge-dead, retry-dead",
+            ));
         }
+    };
+    let audit = admin(&state, &headers, &who, action, &queue, None)?;
+    let mut reply = json!({});
+    let result: Result<(), tarefa_queue::Error> = async {
+        match action {
+            "pause" | "resume" => {
+                state.broker.set_paused(&queue, action == "pause").await?;
+            }
+            "purge-dead" => {
+                reply["purged"] = json!(state.broker.purge_dead(&queue).await?);
+            }
+            _ => {
+                // The same path as the RetryDeadTasks RPC: each dead task once, bounded.
+                reply["retried"] = json!(state.broker.retry_dead(&queue, RETRY_DEAD_LIMIT).await?);
+            }
+        }
+        Ok(())
     }
+    .await;
+    state.metrics.admin_action(&audit, outcome(&result));
+    result?;
     reply["queue"] = queue_json(state.broker.queue_stats(&queue).await?);
     Ok(axum::Json(reply))
 }
@@ -556,12 +695,13 @@ fn parse_state(text: &str) -> Result<TaskState, ApiError> {
 
 async fn tasks(
     State(state): State<HttpState>,
-    headers: HeaderMap,
+    Caller(who): Caller,
     query: Result<Query<TasksQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult {
-    require_read(&state, &headers)?;
+    allow(&state, &who, Scope::Read, None)?;
     let Query(query) = query.map_err(|rejection| invalid("query", rejection.body_text()))?;
     let queue = queue_name(&query.queue, &state.config, "queue")?;
+    allow(&state, &who, Scope::Read, Some(&queue))?;
     let task_state = parse_state(&query.state)?;
     let task_type = query.task_type.trim();
     if task_type.len() > MAX_TASK_TYPE_LEN {
@@ -577,10 +717,7 @@ async fn tasks(
     let offset = if query.page_token.is_empty() {
         0
     } else {
-        query
-            .page_token
-            .parse::<u64>()
-            .map_err(|_| invalid("page_token", "is not a token this server issued"))?
+        crate::convert::page_offset(&query.page_token)?
     };
     let page = state
         .broker
@@ -602,11 +739,12 @@ async fn tasks(
 
 async fn task(
     State(state): State<HttpState>,
-    headers: HeaderMap,
+    Caller(who): Caller,
     Path(id): Path<String>,
 ) -> ApiResult {
-    require_read(&state, &headers)?;
-    let id = task_id(&id)?;
+    allow(&state, &who, Scope::Read, None)?;
+    let id = crate::convert::task_id(&id, &state.config)?;
+    allow(&state, &who, Scope::Read, Some(id.queue()))?;
     match state.broker.task(&id).await? {
         Some(record) => Ok(axum::Json(task_detail(record, jaeger_url(&state)))),
         None => Err(ApiError::not_found(format!("task {id} not found"))),
@@ -615,26 +753,29 @@ async fn task(
 
 async fn task_action(
     State(state): State<HttpState>,
+    Caller(who): Caller,
     headers: HeaderMap,
     Path((id, action)): Path<(String, String)>,
 ) -> ApiResult {
-    if action != "retry" && action != "cancel" {
-        return Err(ApiError::not_found(format!(
-            "no task action {action:?}; there are retry, cancel"
-        )));
-    }
-    let id = task_id(&id)?;
-    require_action(&state, &headers)?;
-    let record = if action == "retry" {
-        let record = state.broker.retry(&id).await?;
-        tracing::info!(task_id = %id, "dashboard: task requeued");
-        record
-    } else {
-        let record = state.broker.cancel(&id).await?;
-        tracing::info!(task_id = %id, state = %record.state, "dashboard: task cancel requested");
-        record
+    let action: &'static str = match action.as_str() {
+        "retry" => "retry",
+        "cancel" => "cancel",
+        _ => {
+            return Err(ApiError::not_found(
+                "no such task action; there are retry, cancel",
+            ));
+        }
     };
-    Ok(axum::Json(task_detail(record, jaeger_url(&state))))
+    let id = crate::convert::task_id(&id, &state.config)?;
+    let text_id = id.to_string();
+    let audit = admin(&state, &headers, &who, action, id.queue(), Some(&text_id))?;
+    let result = if action == "retry" {
+        state.broker.retry(&id).await
+    } else {
+        state.broker.cancel(&id).await
+    };
+    state.metrics.admin_action(&audit, outcome(&result));
+    Ok(axum::Json(task_detail(result?, jaeger_url(&state))))
 }
 
 #[cfg(test)]
@@ -656,25 +797,39 @@ mod tests {
     }
 
     #[test]
-    fn tokens_come_from_bearer_or_cookie() {
+    fn session_cookie_is_found_among_others() {
         let mut headers = HeaderMap::new();
-        assert_eq!(presented_token(&headers), None);
-        let cookie = format!("a=b; tarefa_dashboard_token={}", hex_encode("s3 c;ret"));
+        assert_eq!(session_cookie(&headers), None);
         headers.insert(
             header::COOKIE,
-            HeaderValue::from_str(&cookie).expect("ascii"),
+            HeaderValue::from_static("a=b; tarefa_session=abc123"),
         );
-        assert_eq!(presented_token(&headers).as_deref(), Some("s3 c;ret"));
-        headers.insert(
-            header::AUTHORIZATION,
-            HeaderValue::from_static("Bearer t0ken"),
-        );
-        assert_eq!(presented_token(&headers).as_deref(), Some("t0ken"));
-        assert_eq!(hex_decode("zz"), None);
-        assert_eq!(hex_decode("abc"), None);
-        assert!(same_secret("abc", "abc"));
-        assert!(!same_secret("abc", "abd"));
-        assert!(!same_secret("abc", "abcd"));
+        assert_eq!(session_cookie(&headers).as_deref(), Some("abc123"));
+    }
+
+    #[test]
+    fn hosts_localhost_ips_and_configured_names() {
+        let allowed = vec!["tarefa.example".to_owned()];
+        for ok in [
+            "localhost:8080",
+            "127.0.0.1:8080",
+            "[::1]:8080",
+            "10.1.2.3",
+            "Tarefa.Example:443",
+            "tarefa.example.",
+        ] {
+            assert!(host_allowed(Some(ok), &allowed), "{ok}");
+        }
+        for bad in [
+            "rebind.evil.example:8080",
+            "evil",
+            "[::1",
+            "tarefa.example.evil",
+        ] {
+            assert!(!host_allowed(Some(bad), &allowed), "{bad}");
+        }
+        assert!(!host_allowed(None, &allowed));
+        assert!(host_allowed(Some("anything"), &["*".to_owned()]));
     }
 
     #[test]

@@ -22,6 +22,12 @@ pub enum Error {
     /// I/O failed.
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
+    /// The configuration is unusable (tokens, scopes).
+    #[error("configuration: {0}")]
+    Config(String),
+    /// A TLS certificate or key could not be loaded.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// When the last "redis unavailable" warning was logged (ms since the Unix epoch).

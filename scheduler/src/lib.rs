@@ -3,6 +3,10 @@
 //!
 //! # Layout
 //! - `config`: flags and environment.
+//! - `auth`: tokens, scopes, sessions, certificate identities: who may do what.
+//! - `guard`: the gRPC port's gate (a tower layer) over `auth`.
+//! - `tls`: rustls configuration from files, reloaded on SIGHUP or change.
+//! - `net`: accepting connections on both ports (limits, TLS handshakes, peer identity).
 //! - `convert`: validation and proto <-> domain conversion, at the boundary.
 //! - `service`: the RPC handlers.
 //! - `error`: the one mapping from errors to gRPC statuses.
@@ -12,21 +16,24 @@
 //!
 //! [`run`] is the entry point for the binary, `tarefa dev` and the tests alike.
 
+pub mod auth;
 pub mod config;
 mod convert;
 mod dashboard;
 mod error;
 mod handlers;
+mod guard;
 pub mod http;
 pub mod metrics;
+pub mod net;
 pub mod service;
+pub mod tls;
 
 use std::future::Future;
 use std::time::Duration;
 
 use tarefa_proto as pb;
 use tokio::net::TcpListener;
-use tonic::transport::server::TcpIncoming;
 
 pub use config::Config;
 pub use error::Error;
@@ -39,6 +46,17 @@ pub async fn run(
     http_listener: Option<TcpListener>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
+    let auth =
+        auth::Auth::new(config.auth_settings().map_err(Error::Config)?).map_err(Error::Config)?;
+    let tls_files = config.tls_files();
+    let grpc_tls = match &tls_files {
+        Some(files) => Some(tls::ReloadingTls::new(files.clone(), &[b"h2"])?),
+        None => None,
+    };
+    let http_tls = match &tls_files {
+        Some(files) => Some(tls::ReloadingTls::new(files.clone(), &[b"http/1.1"])?),
+        None => None,
+    };
     let broker = tarefa_queue::Broker::new(config.broker_config())?;
     broker.warn_if_evicting().await;
     let metrics = metrics::Metrics::new();
@@ -62,23 +80,46 @@ pub async fn run(
     let wait_stop = |mut stop: tokio::sync::watch::Receiver<bool>| async move {
         let _ = stop.wait_for(|s| *s).await;
     };
+    for tls in grpc_tls.iter().chain(http_tls.iter()) {
+        tls.watch(stop.clone());
+    }
+    reload_on_hangup(
+        auth.clone(),
+        [grpc_tls.clone(), http_tls.clone()],
+        stop.clone(),
+    );
 
     let local = listener.local_addr()?;
-    tracing::info!(grpc = %local, "scheduler listening");
+    let unprotected = !auth.enabled() && !local.ip().is_loopback();
+    if unprotected {
+        tracing::warn!(
+            grpc = %local,
+            "no token is configured and the scheduler listens beyond this machine: anyone who \
+             can reach it may submit, read, cancel and purge; set --tokens-file (see SECURITY.md)"
+        );
+    }
+    tracing::info!(grpc = %local, tls = grpc_tls.is_some(), auth = auth.enabled(), "scheduler listening");
+    let limits = net::ConnLimits {
+        max_connections: config.max_connections,
+        handshake_timeout: Duration::from_millis(config.header_read_timeout_ms.max(1)),
+    };
     let http_task = match http_listener {
         Some(http_listener) => {
-            tracing::info!(http = %http_listener.local_addr()?, "scheduler http listening (health, metrics, dashboard)");
+            tracing::info!(http = %http_listener.local_addr()?, tls = http_tls.is_some(), "scheduler http listening (health, metrics, dashboard)");
             let state = http::HttpState {
                 broker: broker.clone(),
                 metrics: metrics.clone(),
                 config: config.clone(),
+                auth: auth.clone(),
+                tls: http_tls.is_some(),
             };
-            let stop = stop.clone();
-            Some(tokio::spawn(async move {
-                axum::serve(http_listener, http::router(state))
-                    .with_graceful_shutdown(wait_stop(stop))
-                    .await
-            }))
+            let incoming = net::accept(http_listener, http_tls.clone(), limits, stop.clone());
+            Some(tokio::spawn(net::serve_http(
+                incoming,
+                http::router(state),
+                Duration::from_millis(config.header_read_timeout_ms.max(1)),
+                stop.clone(),
+            )))
         }
         None => None,
     };
@@ -87,16 +128,18 @@ pub async fn run(
     let scheduler = pb::scheduler_server::SchedulerServer::new(service)
         .max_decoding_message_size(config.max_request_bytes)
         .max_encoding_message_size(config.max_request_bytes);
+    let keepalive =
+        (config.http2_keepalive_secs > 0).then(|| Duration::from_secs(config.http2_keepalive_secs));
+    let incoming = net::accept(listener, grpc_tls, limits, stop.clone());
     let server = tonic::transport::Server::builder()
+        .max_concurrent_streams(config.max_streams_per_connection.max(1))
+        .http2_keepalive_interval(keepalive)
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .layer(guard::GuardLayer::new(auth, metrics))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(scheduler)
-        .serve_with_incoming_shutdown(
-            // TCP_NODELAY: a unary answer is a few small writes; Nagle would hold the last
-            // one back until the client's ACK.
-            TcpIncoming::from(listener).with_nodelay(Some(true)),
-            wait_stop(stop.clone()),
-        );
+        .serve_with_incoming_shutdown(incoming, wait_stop(stop.clone()));
     tokio::pin!(server);
     tokio::select! {
         result = &mut server => result?,
@@ -115,6 +158,37 @@ pub async fn run(
         task.abort();
     }
     Ok(())
+}
+
+/// On SIGHUP: reads the tokens file and both TLS configurations again.
+fn reload_on_hangup(
+    auth: auth::Auth,
+    tls: [Option<std::sync::Arc<tls::ReloadingTls>>; 2],
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    #[cfg(unix)]
+    tokio::spawn(async move {
+        let Ok(mut hangup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        else {
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = stop.wait_for(|s| *s) => return,
+                _ = hangup.recv() => {
+                    match auth.reload() {
+                        Ok(count) => tracing::info!(tokens = count, "tokens reloaded"),
+                        Err(error) => tracing::error!(%error, "tokens reload failed; keeping the previous tokens"),
+                    }
+                    for tls in tls.iter().flatten() {
+                        tls.reload();
+                    }
+                }
+            }
+        }
+    });
+    #[cfg(not(unix))]
+    let _ = (auth, tls, stop);
 }
 
 /// Binds the HTTP listener named by `config.http_listen`, or none when it is `off`.

@@ -3,21 +3,24 @@
 
 use std::collections::HashMap;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::Stream;
 use tarefa_proto as pb;
 use tarefa_queue::events::Events;
 use tarefa_queue::{Broker, SubmitBatcher};
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use tracing::{Instrument, field};
 
+use crate::auth::{Principal, Scope};
 use crate::config::Config;
-use crate::convert::{self, new_task, queue_name, task_id, task_to_proto};
+use crate::convert::{self, new_task, queue_name, task_to_proto};
 use crate::error::Error;
-use crate::metrics::Metrics;
+use crate::guard::caller;
+use crate::metrics::{AdminAction, Metrics};
 
 /// How often a watcher re-reads its task even without a notification (covers notifications
 /// lost while the pub/sub connection was down).
@@ -26,6 +29,8 @@ const DEFAULT_PAGE_SIZE: u32 = 50;
 const MAX_PAGE_SIZE: u32 = 1000;
 /// Most dead tasks one RetryDeadTasks call requeues.
 const MAX_RETRY_DEAD: u64 = 100_000;
+/// Longest a SubmitTasks batch waits for room under `--max-submit-inflight-bytes`.
+const SUBMIT_ROOM_WAIT: Duration = Duration::from_secs(5);
 /// Longest progress message accepted.
 const MAX_PROGRESS_MESSAGE: usize = 1024;
 
@@ -37,9 +42,114 @@ pub struct SchedulerService {
     events: Events,
     config: Config,
     metrics: Metrics,
+    /// Watch streams open now, bounded by `--max-watches`.
+    watches: Arc<Semaphore>,
+    /// Room for SubmitTasks batches in flight, in KiB (`--max-submit-inflight-bytes`).
+    submit_budget: Arc<Semaphore>,
+    /// Queues known to exist (read from Redis when a submit names a new one), for
+    /// `--max-queues`.
+    known_queues: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+}
+
+/// "ok" or "error", for the audit log.
+fn outcome<T, E>(result: &Result<T, E>) -> &'static str {
+    if result.is_ok() { "ok" } else { "error" }
 }
 
 impl SchedulerService {
+    fn task_id(&self, text: &str) -> Result<tarefa_queue::TaskId, Status> {
+        Ok(convert::task_id(text, &self.config)?)
+    }
+
+    /// Refuses a submit that would create a queue past `--max-queues` (every queue costs
+    /// every ListQueues, /metrics scrape and dashboard refresh a few Redis calls). Only a
+    /// queue this process has not seen costs a Redis read; schedulers racing may overshoot
+    /// by a few.
+    async fn check_new_queues<'a>(
+        &self,
+        queues: impl Iterator<Item = &'a str>,
+    ) -> Result<(), Status> {
+        let unseen: Vec<&str> = {
+            let known = self
+                .known_queues
+                .lock()
+                .map_err(|_| Status::internal("lock"))?;
+            queues.filter(|q| !known.contains(*q)).collect()
+        };
+        if unseen.is_empty() {
+            return Ok(());
+        }
+        let names = self.broker.queue_names().await.map_err(Error::from)?;
+        let mut known = self
+            .known_queues
+            .lock()
+            .map_err(|_| Status::internal("lock"))?;
+        known.extend(names);
+        for queue in unseen {
+            if !known.contains(queue) {
+                if known.len() >= self.config.max_queues {
+                    let error = Error::ResourceExhausted {
+                        field: "queue".to_owned(),
+                        reason: format!(
+                            "{queue:?} would be a new queue; there are {} already, the limit \
+                             (scheduler flag --max-queues)",
+                            known.len()
+                        ),
+                    };
+                    self.metrics.rejected(&error);
+                    return Err(error.into());
+                }
+                known.insert(queue.to_owned());
+            }
+        }
+        Ok(())
+    }
+
+    /// A clear RESOURCE_EXHAUSTED instead of the transport's OUT_OF_RANGE when an answer would
+    /// be larger than the scheduler sends (`--max-request-bytes`).
+    fn fits(&self, message: &impl prost::Message, field: &str, advice: &str) -> Result<(), Status> {
+        let size = message.encoded_len();
+        if size <= self.config.max_request_bytes {
+            return Ok(());
+        }
+        let error = Error::ResourceExhausted {
+            field: field.to_owned(),
+            reason: format!(
+                "the answer would be {size} bytes, over the {} the scheduler sends (scheduler \
+                 flag --max-request-bytes); {advice}",
+                self.config.max_request_bytes
+            ),
+        };
+        Err(error.into())
+    }
+
+    /// Checks that `who` may do `scope` on `queue`.
+    fn allow(who: &Principal, scope: Scope, queue: &str) -> Result<(), Status> {
+        Ok(who.check(scope, Some(queue))?)
+    }
+
+    /// Checks an admin action; a refusal is audited here, the outcome by the caller.
+    fn admin<'a>(
+        &self,
+        who: &'a Principal,
+        action: &'static str,
+        queue: &'a str,
+        task_id: Option<&'a str>,
+    ) -> Result<AdminAction<'a>, Status> {
+        let audit = AdminAction {
+            who: &who.name,
+            action,
+            via: "grpc",
+            queue,
+            task_id,
+        };
+        if let Err(denied) = who.check(Scope::Admin, Some(queue)) {
+            self.metrics.admin_action(&audit, "denied");
+            return Err(denied.into());
+        }
+        Ok(audit)
+    }
+
     /// A service over `broker`. Starts the submit batcher and the event hub on this runtime.
     pub fn new(broker: Broker, config: Config, metrics: Metrics) -> Self {
         let batcher = SubmitBatcher::start(broker.clone(), 256, 4);
@@ -48,6 +158,11 @@ impl SchedulerService {
             broker,
             batcher,
             events,
+            watches: Arc::new(Semaphore::new(config.max_watches.max(1))),
+            known_queues: Arc::default(),
+            submit_budget: Arc::new(Semaphore::new(
+                (config.max_submit_inflight_bytes / 1024).clamp(1, Semaphore::MAX_PERMITS),
+            )),
             config,
             metrics,
         }
@@ -108,10 +223,13 @@ impl pb::scheduler_server::Scheduler for SchedulerService {
         request: Request<pb::SubmitTaskRequest>,
     ) -> Result<Response<pb::SubmitTaskResponse>, Status> {
         let span = Self::span("SubmitTask", request.metadata());
+        let who = caller(&request)?;
         async move {
             let traceparent = tarefa_telemetry::current_traceparent();
             let task = new_task(request.into_inner(), &self.config, None, traceparent)
                 .inspect_err(|e| self.metrics.rejected(e))?;
+            Self::allow(&who, Scope::Submit, task.id.queue())?;
+            self.check_new_queues(std::iter::once(task.id.queue())).await?;
             let span = tracing::Span::current();
             span.record("task_id", field::display(&task.id));
             span.record("queue", task.id.queue());
@@ -136,6 +254,7 @@ impl pb::scheduler_server::Scheduler for SchedulerService {
         request: Request<pb::SubmitTasksRequest>,
     ) -> Result<Response<pb::SubmitTasksResponse>, Status> {
         let span = Self::span("SubmitTasks", request.metadata());
+        let who = caller(&request)?;
         async move {
             let requests = request.into_inner().tasks;
             if requests.len() > self.config.max_batch {
@@ -150,6 +269,46 @@ impl pb::scheduler_server::Scheduler for SchedulerService {
                 self.metrics.rejected(&error);
                 return Err(error.into());
             }
+            // Bound the batches in flight by size: each takes about three times its size
+            // while it is validated and written.
+            let kib = requests
+                .iter()
+                .map(|r| {
+                    r.payload.len()
+                        + r.task_type.len()
+                        + r.idempotency_key.len()
+                        + r.headers
+                            .iter()
+                            .map(|(k, v)| k.len() + v.len())
+                            .sum::<usize>()
+                        + 64
+                })
+                .sum::<usize>()
+                / 1024
+                + 1;
+            let budget = (self.config.max_submit_inflight_bytes / 1024).max(1);
+            let busy = |reason: String| {
+                let error = Error::ResourceExhausted {
+                    field: "tasks".to_owned(),
+                    reason,
+                };
+                self.metrics.rejected(&error);
+                Status::from(error)
+            };
+            if kib > budget {
+                return Err(busy(format!(
+                    "the batch is about {kib} KiB; the scheduler takes at most {budget} KiB of \
+                     batches at once (scheduler flag --max-submit-inflight-bytes)"
+                )));
+            }
+            let permits = u32::try_from(kib).unwrap_or(u32::MAX);
+            let _room = tokio::time::timeout(
+                SUBMIT_ROOM_WAIT,
+                Arc::clone(&self.submit_budget).acquire_many_owned(permits),
+            )
+            .await
+            .map_err(|_| busy("the scheduler is busy with other large batches; retry".to_owned()))?
+            .map_err(|_| Status::unavailable("the scheduler is stopping"))?;
             let traceparent = tarefa_telemetry::current_traceparent();
             let tasks = requests
                 .into_iter()
@@ -157,6 +316,11 @@ impl pb::scheduler_server::Scheduler for SchedulerService {
                 .map(|(i, r)| new_task(r, &self.config, Some(i), traceparent.clone()))
                 .collect::<Result<Vec<_>, _>>()
                 .inspect_err(|e| self.metrics.rejected(e))?;
+            for task in &tasks {
+                Self::allow(&who, Scope::Submit, task.id.queue())?;
+            }
+            self.check_new_queues(tasks.iter().map(|t| t.id.queue()))
+                .await?;
             let (mut kinds, kind_of) = kinds_of(&tasks);
             let submitted = self.broker.submit(tasks).await.map_err(Error::from)?;
             for (&kind, s) in kind_of.iter().zip(&submitted) {
@@ -190,10 +354,16 @@ impl pb::scheduler_server::Scheduler for SchedulerService {
         &self,
         request: Request<pb::GetTaskRequest>,
     ) -> Result<Response<pb::Task>, Status> {
-        let id = task_id(&request.get_ref().task_id)?;
+        let who = caller(&request)?;
+        let id = self.task_id(&request.get_ref().task_id)?;
+        Self::allow(&who, Scope::Read, id.queue())?;
         let record = self.broker.task(&id).await.map_err(Error::from)?;
         match record {
-            Some(record) => Ok(Response::new(task_to_proto(record))),
+            Some(record) => {
+                let task = task_to_proto(record);
+                self.fits(&task, "task_id", "the task cannot be read whole")?;
+                Ok(Response::new(task))
+            }
             None => Err(Status::not_found(format!("task {id} not found"))),
         }
     }
@@ -204,7 +374,15 @@ impl pb::scheduler_server::Scheduler for SchedulerService {
         &self,
         request: Request<pb::WatchTaskRequest>,
     ) -> Result<Response<Self::WatchTaskStream>, Status> {
-        let id = task_id(&request.get_ref().task_id)?;
+        let who = caller(&request)?;
+        let id = self.task_id(&request.get_ref().task_id)?;
+        Self::allow(&who, Scope::Read, id.queue())?;
+        let Ok(watch_permit) = Arc::clone(&self.watches).try_acquire_owned() else {
+            return Err(Status::resource_exhausted(format!(
+                "too many tasks watched at once (scheduler flag --max-watches, {}); poll GetTask or retry later",
+                self.config.max_watches
+            )));
+        };
         // Subscribe before the first read, so no change between the two is missed.
         let subscription = self.events.subscribe(&id);
         let first = self
@@ -216,6 +394,8 @@ impl pb::scheduler_server::Scheduler for SchedulerService {
         let (sender, receiver) = mpsc::channel(16);
         let broker = self.broker.clone();
         tokio::spawn(async move {
+            // Held while the stream lives.
+            let _watch_permit = watch_permit;
             let mut last: Option<pb::Task> = None;
             let mut next = Some(first);
             loop {
@@ -223,7 +403,13 @@ impl pb::scheduler_server::Scheduler for SchedulerService {
                     let done = record.state.is_final();
                     let task = task_to_proto(record);
                     if last.as_ref() != Some(&task) {
-                        if sender.send(Ok(task.clone())).await.is_err() {
+                        // The payload never changes: the first message carries it, later
+                        // ones do not (a watch of a 1 MiB task would resend it per change).
+                        let mut message = task.clone();
+                        if last.is_some() {
+                            message.payload = Vec::new();
+                        }
+                        if sender.send(Ok(message)).await.is_err() {
                             return;
                         }
                         last = Some(task);
@@ -260,8 +446,13 @@ impl pb::scheduler_server::Scheduler for SchedulerService {
         &self,
         request: Request<pb::CancelTaskRequest>,
     ) -> Result<Response<pb::Task>, Status> {
-        let id = task_id(&request.get_ref().task_id)?;
-        let record = self.broker.cancel(&id).await.map_err(Error::from)?;
+        let who = caller(&request)?;
+        let id = self.task_id(&request.get_ref().task_id)?;
+        let text_id = id.to_string();
+        let audit = self.admin(&who, "cancel", id.queue(), Some(&text_id))?;
+        let result = self.broker.cancel(&id).await.map_err(Error::from);
+        self.metrics.admin_action(&audit, outcome(&result));
+        let record = result?;
         tracing::info!(task_id = %id, state = %record.state, "task cancel requested");
         Ok(Response::new(task_to_proto(record)))
     }
@@ -270,8 +461,13 @@ impl pb::scheduler_server::Scheduler for SchedulerService {
         &self,
         request: Request<pb::RetryTaskRequest>,
     ) -> Result<Response<pb::Task>, Status> {
-        let id = task_id(&request.get_ref().task_id)?;
-        let record = self.broker.retry(&id).await.map_err(Error::from)?;
+        let who = caller(&request)?;
+        let id = self.task_id(&request.get_ref().task_id)?;
+        let text_id = id.to_string();
+        let audit = self.admin(&who, "retry", id.queue(), Some(&text_id))?;
+        let result = self.broker.retry(&id).await.map_err(Error::from);
+        self.metrics.admin_action(&audit, outcome(&result));
+        let record = result?;
         tracing::info!(task_id = %id, "dead task requeued");
         Ok(Response::new(task_to_proto(record)))
     }
@@ -280,8 +476,10 @@ impl pb::scheduler_server::Scheduler for SchedulerService {
         &self,
         request: Request<pb::ListTasksRequest>,
     ) -> Result<Response<pb::ListTasksResponse>, Status> {
+        let who = caller(&request)?;
         let request = request.into_inner();
         let queue = queue_name(&request.queue, &self.config, "queue")?;
+        Self::allow(&who, Scope::Read, &queue)?;
         let state = convert::state_from_proto(request.state)?;
         let page_size = match request.page_size {
             0 => DEFAULT_PAGE_SIZE,
@@ -290,9 +488,7 @@ impl pb::scheduler_server::Scheduler for SchedulerService {
         let offset = if request.page_token.is_empty() {
             0
         } else {
-            request.page_token.parse::<u64>().map_err(|_| {
-                Status::invalid_argument("page_token: is not a token this server issued")
-            })?
+            convert::page_offset(&request.page_token)?
         };
         let task_type = (!request.task_type.is_empty()).then_some(request.task_type.as_str());
         let page = self
@@ -300,19 +496,23 @@ impl pb::scheduler_server::Scheduler for SchedulerService {
             .list_tasks(&queue, state, task_type, offset, u64::from(page_size))
             .await
             .map_err(Error::from)?;
-        Ok(Response::new(pb::ListTasksResponse {
+        let response = pb::ListTasksResponse {
             tasks: page.tasks.into_iter().map(task_to_proto).collect(),
             next_page_token: page.next_offset.map(|o| o.to_string()).unwrap_or_default(),
-        }))
+        };
+        self.fits(&response, "page_size", "ask for fewer tasks per page")?;
+        Ok(Response::new(response))
     }
 
     async fn list_queues(
         &self,
-        _request: Request<pb::ListQueuesRequest>,
+        request: Request<pb::ListQueuesRequest>,
     ) -> Result<Response<pb::ListQueuesResponse>, Status> {
+        let who = caller(&request)?;
         let names = self.broker.queue_names().await.map_err(Error::from)?;
         let mut queues = Vec::with_capacity(names.len());
-        for name in names {
+        // A token limited to some queues sees only those.
+        for name in names.into_iter().filter(|name| who.covers(name)) {
             let stats = self.broker.queue_stats(&name).await.map_err(Error::from)?;
             queues.push(convert::queue_to_proto(stats));
         }
@@ -323,11 +523,16 @@ impl pb::scheduler_server::Scheduler for SchedulerService {
         &self,
         request: Request<pb::PauseQueueRequest>,
     ) -> Result<Response<pb::Queue>, Status> {
+        let who = caller(&request)?;
         let queue = queue_name(&request.get_ref().queue, &self.config, "queue")?;
-        self.broker
+        let audit = self.admin(&who, "pause", &queue, None)?;
+        let result = self
+            .broker
             .set_paused(&queue, true)
             .await
-            .map_err(Error::from)?;
+            .map_err(Error::from);
+        self.metrics.admin_action(&audit, outcome(&result));
+        result?;
         tracing::info!(%queue, "queue paused");
         let stats = self.broker.queue_stats(&queue).await.map_err(Error::from)?;
         Ok(Response::new(convert::queue_to_proto(stats)))
@@ -337,11 +542,16 @@ impl pb::scheduler_server::Scheduler for SchedulerService {
         &self,
         request: Request<pb::ResumeQueueRequest>,
     ) -> Result<Response<pb::Queue>, Status> {
+        let who = caller(&request)?;
         let queue = queue_name(&request.get_ref().queue, &self.config, "queue")?;
-        self.broker
+        let audit = self.admin(&who, "resume", &queue, None)?;
+        let result = self
+            .broker
             .set_paused(&queue, false)
             .await
-            .map_err(Error::from)?;
+            .map_err(Error::from);
+        self.metrics.admin_action(&audit, outcome(&result));
+        result?;
         tracing::info!(%queue, "queue resumed");
         let stats = self.broker.queue_stats(&queue).await.map_err(Error::from)?;
         Ok(Response::new(convert::queue_to_proto(stats)))
@@ -351,8 +561,12 @@ impl pb::scheduler_server::Scheduler for SchedulerService {
         &self,
         request: Request<pb::PurgeDeadTasksRequest>,
     ) -> Result<Response<pb::PurgeDeadTasksResponse>, Status> {
+        let who = caller(&request)?;
         let queue = queue_name(&request.get_ref().queue, &self.config, "queue")?;
-        let purged = self.broker.purge_dead(&queue).await.map_err(Error::from)?;
+        let audit = self.admin(&who, "purge-dead", &queue, None)?;
+        let result = self.broker.purge_dead(&queue).await.map_err(Error::from);
+        self.metrics.admin_action(&audit, outcome(&result));
+        let purged = result?;
         tracing::info!(%queue, purged, "dead tasks purged");
         Ok(Response::new(pb::PurgeDeadTasksResponse { purged }))
     }
@@ -361,12 +575,16 @@ impl pb::scheduler_server::Scheduler for SchedulerService {
         &self,
         request: Request<pb::RetryDeadTasksRequest>,
     ) -> Result<Response<pb::RetryDeadTasksResponse>, Status> {
+        let who = caller(&request)?;
         let queue = queue_name(&request.get_ref().queue, &self.config, "queue")?;
-        let retried = self
+        let audit = self.admin(&who, "retry-dead", &queue, None)?;
+        let result = self
             .broker
             .retry_dead(&queue, MAX_RETRY_DEAD)
             .await
-            .map_err(Error::from)?;
+            .map_err(Error::from);
+        self.metrics.admin_action(&audit, outcome(&result));
+        let retried = result?;
         tracing::info!(%queue, retried, "dead tasks requeued");
         Ok(Response::new(pb::RetryDeadTasksResponse { retried }))
     }
@@ -375,8 +593,10 @@ impl pb::scheduler_server::Scheduler for SchedulerService {
         &self,
         request: Request<pb::ReportProgressRequest>,
     ) -> Result<Response<pb::ReportProgressResponse>, Status> {
+        let who = caller(&request)?;
         let request = request.into_inner();
-        let id = task_id(&request.task_id)?;
+        let id = self.task_id(&request.task_id)?;
+        Self::allow(&who, Scope::Submit, id.queue())?;
         if !request.fraction.is_finite() {
             return Err(Status::invalid_argument("fraction: must be a number"));
         }

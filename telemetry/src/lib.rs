@@ -70,6 +70,7 @@ pub fn init(service_name: &'static str) -> TelemetryGuard {
         tracing_subscriber::fmt::layer()
             .with_target(false)
             .with_ansi(std::io::stdout().is_terminal())
+            .fmt_fields(EscapingFields)
             .boxed()
     };
     let _ = tracing_subscriber::registry()
@@ -139,5 +140,57 @@ pub fn inject_into_metadata(metadata: &mut tonic::metadata::MetadataMap) {
         && let Ok(value) = traceparent.parse()
     {
         metadata.insert("traceparent", value);
+    }
+}
+
+/// Field formatting that escapes control characters (`\n` → `\\n`, ESC → `\\u{1b}`), so a
+/// task's error text or payload logged as a field can neither forge log lines nor drive the
+/// terminal of whoever reads the log. (JSON logs are escaped by serde already.)
+#[derive(Debug, Clone, Copy, Default)]
+pub struct EscapingFields;
+
+impl<'writer> tracing_subscriber::fmt::FormatFields<'writer> for EscapingFields {
+    fn format_fields<R: tracing_subscriber::field::RecordFields>(
+        &self,
+        writer: tracing_subscriber::fmt::format::Writer<'writer>,
+        fields: R,
+    ) -> std::fmt::Result {
+        let mut escaped = EscapeControl(writer);
+        tracing_subscriber::fmt::format::DefaultFields::new().format_fields(
+            tracing_subscriber::fmt::format::Writer::new(&mut escaped),
+            fields,
+        )
+    }
+}
+
+/// A `fmt::Write` that escapes control characters on their way through.
+struct EscapeControl<W>(W);
+
+impl<W: std::fmt::Write> std::fmt::Write for EscapeControl<W> {
+    fn write_str(&mut self, text: &str) -> std::fmt::Result {
+        let mut rest = text;
+        while let Some(at) = rest.find(char::is_control) {
+            self.0.write_str(&rest[..at])?;
+            let control = rest[at..].chars().next().unwrap_or('\0');
+            for c in control.escape_default() {
+                self.0.write_char(c)?;
+            }
+            rest = &rest[at + control.len_utf8()..];
+        }
+        self.0.write_str(rest)
+    }
+}
+
+#[cfg(test)]
+mod escape_tests {
+    use std::fmt::Write as _;
+
+    use super::EscapeControl;
+
+    #[test]
+    fn control_characters_are_escaped() {
+        let mut out = EscapeControl(String::new());
+        let _ = out.write_str("ok\nFORGED \u{1b}]0;title\u{7} é");
+        assert_eq!(out.0, "ok\\nFORGED \\u{1b}]0;title\\u{7} é");
     }
 }

@@ -399,6 +399,8 @@ pub struct HarnessBuilder {
     aof_always: bool,
     env: Vec<(String, String)>,
     scheduler_env: Vec<(String, String)>,
+    client_options: Option<tarefa_client::ConnectOptions>,
+    https: bool,
 }
 
 /// Redis, a scheduler, executors and a client, all real.
@@ -428,6 +430,8 @@ impl Harness {
             aof_always: false,
             env: Vec::new(),
             scheduler_env: Vec::new(),
+            client_options: None,
+            https: false,
         }
     }
 
@@ -617,11 +621,23 @@ impl HarnessBuilder {
         self
     }
 
+    /// Connects the harness's client with these options (a token, TLS files).
+    pub fn client_options(mut self, options: tarefa_client::ConnectOptions) -> Self {
+        self.client_options = Some(options);
+        self
+    }
+
+    /// The scheduler serves TLS (its flags say so): its endpoint is `https://`.
+    pub fn https(mut self) -> Self {
+        self.https = true;
+        self
+    }
+
     /// Starts everything and connects the client.
     pub async fn start(self) -> anyhow::Result<Harness> {
         let redis = Redis::start_with(self.aof_always).await?;
         let dir = tempfile::tempdir()?;
-        let scheduler = start_scheduler(
+        let mut scheduler = start_scheduler(
             &redis,
             dir.path(),
             ("127.0.0.1:0", "127.0.0.1:0"),
@@ -629,7 +645,15 @@ impl HarnessBuilder {
             &[self.env.clone(), self.scheduler_env.clone()].concat(),
         )
         .await?;
-        let client = tarefa_client::Client::connect(scheduler.endpoint.clone()).await?;
+        if self.https {
+            scheduler.endpoint = scheduler.endpoint.replacen("http://", "https://", 1);
+        }
+        let client = match self.client_options.clone() {
+            Some(options) => {
+                tarefa_client::Client::connect_with(scheduler.endpoint.clone(), options).await?
+            }
+            None => tarefa_client::Client::connect(scheduler.endpoint.clone()).await?,
+        };
         let mut harness = Harness {
             redis,
             scheduler,
@@ -735,6 +759,57 @@ pub fn trace_id_of(traceparent: &str) -> &str {
     );
     assert!(well_formed, "malformed traceparent {traceparent:?}");
     parts[1]
+}
+
+/// A throw-away PKI made at test time (rcgen): a CA, a server certificate for `localhost` and
+/// `127.0.0.1`, and client certificates, as PEM files in a temporary directory.
+#[derive(Debug)]
+pub struct TestPki {
+    dir: tempfile::TempDir,
+    ca: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+}
+
+impl TestPki {
+    /// A new CA and a server certificate (`server.pem`, `server-key.pem`, `ca.pem`).
+    pub fn new() -> anyhow::Result<Self> {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "tarefa test ca");
+        let ca = rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate()?)?;
+        let pki = Self {
+            dir: tempfile::tempdir()?,
+            ca,
+        };
+        std::fs::write(pki.path("ca.pem"), pki.ca.pem())?;
+        pki.issue("server", &["localhost", "127.0.0.1"])?;
+        Ok(pki)
+    }
+
+    /// Issues `<name>.pem` and `<name>-key.pem`, valid for `names` (DNS names or IPs).
+    pub fn issue(&self, name: &str, names: &[&str]) -> anyhow::Result<()> {
+        let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+        let mut params = rcgen::CertificateParams::new(names)?;
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        let key = rcgen::KeyPair::generate()?;
+        let cert = params.signed_by(&key, &self.ca)?;
+        std::fs::write(self.path(&format!("{name}.pem")), cert.pem())?;
+        std::fs::write(self.path(&format!("{name}-key.pem")), key.serialize_pem())?;
+        Ok(())
+    }
+
+    /// A file of it.
+    pub fn path(&self, file: &str) -> PathBuf {
+        self.dir.path().join(file)
+    }
+
+    /// A file's text.
+    pub fn read(&self, file: &str) -> Vec<u8> {
+        std::fs::read(self.path(file)).unwrap_or_default()
+    }
 }
 
 #[cfg(test)]

@@ -44,26 +44,25 @@ fn compose_file_is_valid_and_wired() {
     );
     assert!(redis.contains("--maxmemory-policy noeviction"), "{redis}");
 
-    let scheduler = service("scheduler");
-    let ports = strings(&scheduler["ports"]);
-    assert!(
-        ports.iter().any(|p| p.starts_with("50051:50051")),
-        "{ports:?}"
-    );
-    assert!(
-        ports.iter().any(|p| p.starts_with("8080:8080")),
-        "{ports:?}"
-    );
-    assert!(
-        strings(&service("jaeger")["ports"])
-            .iter()
-            .any(|p| p.starts_with("4317:4317"))
-    );
-    assert!(
-        strings(&service("jaeger")["ports"])
-            .iter()
-            .any(|p| p.starts_with("16686:16686"))
-    );
+    // Published on the host's loopback only: the compose file runs without tokens, so its
+    // admin API must not be open on every interface.
+    let published = |name: &str, port: &str| {
+        let ports = strings(&service(name)["ports"]);
+        assert!(
+            ports
+                .iter()
+                .any(|p| p.starts_with(&format!("127.0.0.1:{port}:{port}"))),
+            "{name} publishes {port} on 127.0.0.1 only: {ports:?}"
+        );
+        assert!(
+            ports.iter().all(|p| p.starts_with("127.0.0.1:")),
+            "{name} publishes a port on every interface: {ports:?}"
+        );
+    };
+    published("scheduler", "50051");
+    published("scheduler", "8080");
+    published("jaeger", "4317");
+    published("jaeger", "16686");
 
     let executor = service("executor");
     assert_eq!(

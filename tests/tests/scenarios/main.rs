@@ -12,5 +12,6 @@ mod lifecycle;
 mod node;
 mod polyglot;
 mod reliability;
+mod security;
 mod spine;
 mod tracing;

@@ -102,9 +102,15 @@ fn node_command(modules: &Path, script: &str) -> Command {
 
 /// Runs an example script to completion (killed if it outlives `within`) and returns its
 /// stdout; panics with its output if it fails.
-async fn run_node(modules: &Path, script: &str, args: &[&str], within: Duration) -> String {
+async fn run_node(
+    modules: &Path,
+    script: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+    within: Duration,
+) -> String {
     let mut command = tokio::process::Command::from(node_command(modules, script));
-    command.args(args);
+    command.args(args).envs(env.iter().copied());
     tarefa_tests::run_to_completion(command, &format!("node {script} {args:?}"), within).await
 }
 
@@ -127,8 +133,19 @@ async fn node_producer_and_grpc_handler() -> anyhow::Result<()> {
         );
     }
     let route = format!("word_count_js=grpc://127.0.0.1:{port}");
+    // With tokens, as a deployment has them: the producer sends its own (TAREFA_TOKEN).
+    const PRODUCER_TOKEN: &str = "node-producer-token-0123456789";
+    const TEST_TOKEN: &str = "node-test-admin-token-0123456789";
     let h = Harness::builder()
         .executor_args(&["--handler", &route])
+        .env(
+            "TAREFA_TOKENS",
+            &format!("producer:submit,read:*:{PRODUCER_TOKEN};test:admin:*:{TEST_TOKEN}"),
+        )
+        .client_options(tarefa_client::ConnectOptions {
+            token: Some(TEST_TOKEN.to_owned()),
+            ..Default::default()
+        })
         .start()
         .await?;
     let scheduler = h.scheduler.endpoint.trim_start_matches("http://");
@@ -138,6 +155,7 @@ async fn node_producer_and_grpc_handler() -> anyhow::Result<()> {
         &modules,
         "producer.js",
         &[scheduler],
+        &[("TAREFA_TOKEN", PRODUCER_TOKEN)],
         Duration::from_secs(120),
     )
     .await;
