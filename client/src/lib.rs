@@ -562,7 +562,7 @@ impl Client {
         fraction: f64,
         message: &str,
     ) -> Result<(), Error> {
-        let message = request(pb::ReportProgressRequest {
+        let message = self.request(pb::ReportProgressRequest {
             task_id: task_id.to_owned(),
             attempt: 0,
             fraction,

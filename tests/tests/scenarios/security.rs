@@ -708,7 +708,7 @@ async fn rediss_to_a_redis_that_speaks_only_tls() -> anyhow::Result<()> {
         dir.path().join("redis.log"),
     )
     .context("redis-server is required: apt-get install redis-server (built with TLS)")?;
-    wait_for_listener(redis_port, Duration::from_secs(10))?;
+    wait_for_listener(redis_port, Duration::from_secs(10)).await?;
 
     let url = format!("rediss://localhost:{redis_port}");
     let (grpc, http_port) = (free_port(), free_port());
@@ -734,7 +734,7 @@ async fn rediss_to_a_redis_that_speaks_only_tls() -> anyhow::Result<()> {
         .env("TAREFA_REDIS_CA_CERT", pki.path("ca.pem"))
         .env("RUST_LOG", "info");
     let _executor = Process::start("executor", &mut executor, dir.path().join("executor.log"))?;
-    wait_for_listener(grpc, Duration::from_secs(20))?;
+    wait_for_listener(grpc, Duration::from_secs(20)).await?;
 
     let client = tarefa_client::Client::connect(format!("http://127.0.0.1:{grpc}")).await?;
     let fib = client
