@@ -190,7 +190,11 @@ impl Attempt {
             .observe(started.elapsed().as_secs_f64());
         let _entered = span.enter();
         let outcome = match ran {
-            Ran::Outcome(outcome) => outcome,
+            Ran::Outcome(outcome) => bounded(
+                outcome,
+                shared.config.max_result_bytes,
+                shared.config.max_error_bytes,
+            ),
             Ran::Moot(reason) => {
                 match reason {
                     StopReason::LeaseLost => {
@@ -259,6 +263,35 @@ impl Attempt {
         // The writer is gone only when the executor stops past its grace period: the outcome
         // stays unwritten and the attempt is released (or reclaimed) instead.
         let _ = outcomes.send(finished).await;
+    }
+}
+
+/// `outcome` within the stored limits: a result over `max_result` fails the task permanently
+/// (retrying would produce it again), an error text over `max_error` is cut at a character
+/// boundary, saying how long it was.
+fn bounded(outcome: Outcome, max_result: usize, max_error: usize) -> Outcome {
+    let cut = |text: String| -> String {
+        if text.len() <= max_error {
+            return text;
+        }
+        let mut end = max_error;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        format!("{}… (cut: {} bytes in all)", &text[..end], text.len())
+    };
+    match outcome {
+        Outcome::Succeeded(result) if result.len() > max_result => Outcome::Failed(format!(
+            "result of {} bytes is over the executor's limit of {max_result} bytes              (--max-result-bytes): store large outputs elsewhere and return where they are",
+            result.len()
+        )),
+        Outcome::Succeeded(result) => Outcome::Succeeded(result),
+        Outcome::Retry { error, delay } => Outcome::Retry {
+            error: cut(error),
+            delay,
+        },
+        Outcome::Failed(error) => Outcome::Failed(cut(error)),
+        Outcome::Cancelled(message) => Outcome::Cancelled(cut(message)),
     }
 }
 
@@ -413,5 +446,29 @@ fn retry_outcome(task: &ClaimedTask, error: HandlerError) -> Outcome {
                 .min(MAX_RETRY_DELAY),
         },
         HandlerError::Permanent(message) => Outcome::Failed(message),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outcomes_are_bounded_before_they_are_stored() {
+        let big = Outcome::Succeeded(vec![b'x'; 11]);
+        assert!(
+            matches!(bounded(big, 10, 100), Outcome::Failed(m) if m.contains("--max-result-bytes"))
+        );
+        let fits = Outcome::Succeeded(vec![b'x'; 10]);
+        assert_eq!(bounded(fits.clone(), 10, 100), fits);
+        // Cut at a character boundary: 'é' is two bytes.
+        let long = Outcome::Failed("é".repeat(10));
+        match bounded(long, 10, 5) {
+            Outcome::Failed(m) => {
+                assert!(m.starts_with("éé…"), "{m}");
+                assert!(m.contains("20 bytes in all"), "{m}");
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }

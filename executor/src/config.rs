@@ -44,6 +44,14 @@ pub struct Config {
     /// fleet mid-deploy. The default waits about 7 minutes in all.
     #[arg(long, env = "TAREFA_NO_HANDLER_RETRIES", default_value_t = 20)]
     pub no_handler_retries: u32,
+    /// Largest result stored (bytes). A larger one fails the task permanently, saying why: a
+    /// task record is read whole by GetTask and WatchTask, and gRPC clients refuse messages
+    /// over 4 MiB by default. Keep big outputs elsewhere and return their address.
+    #[arg(long, env = "TAREFA_MAX_RESULT_BYTES", default_value_t = 2 * 1024 * 1024)]
+    pub max_result_bytes: usize,
+    /// Longest error text stored per attempt (bytes); longer ones are cut, saying so.
+    #[arg(long, env = "TAREFA_MAX_ERROR_BYTES", default_value_t = 8 * 1024)]
+    pub max_error_bytes: usize,
     /// Most entries read from Redis at once.
     #[arg(long, env = "TAREFA_READ_BATCH", default_value_t = 128)]
     pub read_batch: usize,
@@ -104,6 +112,8 @@ impl Config {
             lease_ms: 30_000,
             max_deliveries: 5,
             no_handler_retries: 20,
+            max_result_bytes: 2 * 1024 * 1024,
+            max_error_bytes: 8 * 1024,
             read_batch: 128,
             block_ms: 1000,
             redis_timeout_ms: 2000,

@@ -703,3 +703,54 @@ async fn a_failing_queue_does_not_fail_other_queues_submits_in_the_same_batch() 
     assert_eq!(healthy.queued, 20, "{healthy:?}");
     Ok(())
 }
+
+/// Issue 12's stored-size limits, enforced where outcomes are made: a result over
+/// `--max-result-bytes` fails the task permanently, saying why (it used to be stored, after
+/// which GetTask and WatchTask failed for ever); an error over `--max-error-bytes` is cut.
+#[tokio::test]
+async fn results_and_errors_over_their_limits_are_not_stored_whole() -> anyhow::Result<()> {
+    let h = Harness::builder()
+        .executors(1)
+        .executor_args(&["--max-result-bytes", "1000", "--max-error-bytes", "200"])
+        .start()
+        .await?;
+    let big = h
+        .client
+        .submit(Echo(serde_json::json!("x".repeat(2000))))
+        .await?;
+    let task = h.wait_final(big.id(), Duration::from_secs(10)).await;
+    assert_eq!(task.state(), TaskState::Dead);
+    assert!(task.result.is_empty());
+    assert!(
+        task.last_error.contains("--max-result-bytes"),
+        "{}",
+        task.last_error
+    );
+    let small = h
+        .client
+        .submit(Echo(serde_json::json!("fits")))
+        .await?
+        .wait()
+        .await?;
+    assert_eq!(small, serde_json::json!("fits"));
+    let wordy = h
+        .client
+        .submit(tarefa_client::builtin::Fail {
+            message: "é".repeat(50_000),
+            permanent: true,
+        })
+        .await?;
+    let task = h.wait_final(wordy.id(), Duration::from_secs(10)).await;
+    assert_eq!(task.state(), TaskState::Dead);
+    assert!(
+        task.last_error.len() < 300,
+        "{} bytes stored",
+        task.last_error.len()
+    );
+    assert!(
+        task.last_error.contains("100000 bytes in all"),
+        "{}",
+        task.last_error
+    );
+    Ok(())
+}
