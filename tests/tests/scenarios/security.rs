@@ -16,11 +16,12 @@ const ADMIN: &str = "admin-secret-0123456789";
 const READER: &str = "reader-secret-0123456789";
 const SUBMITTER: &str = "submitter-secret-0123456789";
 const MAIL_ADMIN: &str = "mail-admin-secret-0123456789";
+const SUBMITTER_AND_READER: &str = "producer-secret-0123456789";
 
 fn tokens() -> String {
     format!(
         "admin:admin:*:{ADMIN};reader:read:*:{READER};submitter:submit:*:{SUBMITTER};\
-         mailadmin:admin:mail:{MAIL_ADMIN}"
+         mailadmin:admin:mail:{MAIL_ADMIN};producer:submit,read:*:{SUBMITTER_AND_READER}"
     )
 }
 
@@ -1205,5 +1206,62 @@ async fn malformed_requests_get_their_documented_codes() -> anyhow::Result<()> {
     );
     // The scheduler is still fine.
     h.client.list_queues().await?;
+    Ok(())
+}
+
+/// The Python client over TLS with a token (issue 13's options against issue 12's scheduler):
+/// it verifies the scheduler's certificate, sends its token, and a wrong token is refused as
+/// `tarefa.Unauthenticated`.
+#[tokio::test]
+async fn the_python_client_speaks_tls_with_a_token() -> anyhow::Result<()> {
+    let python = crate::polyglot::venv_python().await;
+    let pki = TestPki::new()?;
+    let path = |f: &str| pki.path(f).to_string_lossy().into_owned();
+    let h = Harness::builder()
+        .env("TAREFA_TOKENS", &tokens())
+        .scheduler_args(&[
+            "--tls-cert",
+            &path("server.pem"),
+            "--tls-key",
+            &path("server-key.pem"),
+        ])
+        .https()
+        .client_options(ConnectOptions {
+            token: Some(ADMIN.to_owned()),
+            ca_cert_pem: Some(pki.read("ca.pem")),
+            client_identity_pem: None,
+            tls_domain: Some("localhost".to_owned()),
+        })
+        .start()
+        .await?;
+    let address = h
+        .scheduler
+        .endpoint
+        .replacen("https://127.0.0.1", "localhost", 1);
+    let script = r#"
+import sys, tarefa
+address, ca, token = sys.argv[1:4]
+client = tarefa.Client(address, token=token, root_certificates=ca)
+print("RESULT", client.submit("echo", "over tls").wait(timeout=30))
+try:
+    tarefa.Client(address, token="wrong-secret-0123456789", root_certificates=ca).submit("echo", 1)
+    print("WRONG-TOKEN accepted")
+except tarefa.Unauthenticated:
+    print("WRONG-TOKEN refused")
+"#;
+    let output = crate::polyglot::run_python(
+        &python,
+        &[
+            "-c",
+            script,
+            &address,
+            &path("ca.pem"),
+            SUBMITTER_AND_READER,
+        ],
+        Duration::from_secs(60),
+    )
+    .await;
+    assert!(output.contains("RESULT over tls"), "{output}");
+    assert!(output.contains("WRONG-TOKEN refused"), "{output}");
     Ok(())
 }
