@@ -493,6 +493,48 @@ impl Harness {
         .await;
     }
 
+    /// Waits until `task_id` is in `state` and returns it.
+    pub async fn wait_state(
+        &self,
+        task_id: &str,
+        state: tarefa_proto::TaskState,
+        within: Duration,
+    ) -> tarefa_proto::Task {
+        let client = self.client.clone();
+        eventually(&format!("task {task_id} to be {state:?}"), within, || {
+            let client = client.clone();
+            async move {
+                let task = client.get(task_id).await.ok()?;
+                (task.state() == state).then_some(task)
+            }
+        })
+        .await
+    }
+
+    /// Submits `n` `sleep` tasks of `ms` each in one call and waits until every one runs;
+    /// returns their ids.
+    pub async fn running_sleeps(&self, n: usize, ms: u64) -> anyhow::Result<Vec<String>> {
+        let ids: Vec<String> = self
+            .client
+            .submit_many(
+                (0..n).map(|_| tarefa_client::builtin::Sleep { ms }),
+                &tarefa_client::SubmitOptions::default(),
+            )
+            .await?
+            .into_iter()
+            .map(|t| t.id().to_owned())
+            .collect();
+        for id in &ids {
+            self.wait_state(
+                id,
+                tarefa_proto::TaskState::Running,
+                Duration::from_secs(10),
+            )
+            .await;
+        }
+        Ok(ids)
+    }
+
     /// Waits until `task_id` is in a final state and returns it.
     pub async fn wait_final(&self, task_id: &str, within: Duration) -> tarefa_proto::Task {
         let client = self.client.clone();

@@ -7,9 +7,9 @@ use std::time::Duration;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tarefa_client::SubmitOptions;
-use tarefa_client::builtin::{Echo, Sleep};
+use tarefa_client::builtin::Echo;
 use tarefa_proto::TaskState;
-use tarefa_tests::{Harness, eventually};
+use tarefa_tests::Harness;
 
 const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
 
@@ -36,23 +36,7 @@ async fn a_frozen_redis_takes_nothing_from_live_executors() -> anyhow::Result<()
         .executor_args(&["--lease-ms", "2000", "--redis-timeout-ms", "500"])
         .start()
         .await?;
-    let ids: Vec<String> = h
-        .client
-        .submit_many(
-            (0..4).map(|_| Sleep { ms: 3000 }),
-            &SubmitOptions::default(),
-        )
-        .await?
-        .into_iter()
-        .map(|t| t.id().to_owned())
-        .collect();
-    for id in &ids {
-        eventually("the task to run", Duration::from_secs(10), || async {
-            let t = h.client.get(id).await.ok()?;
-            (t.state() == TaskState::Running).then_some(())
-        })
-        .await;
-    }
+    let ids = h.running_sleeps(4, 3000).await?;
     let pid = redis_pid(&h);
     kill(pid, Signal::SIGSTOP)?;
     // The freeze itself: twice the lease.

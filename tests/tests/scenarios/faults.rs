@@ -17,18 +17,6 @@ fn record_key(task_id: &str) -> String {
     format!("tarefa:{{{queue}}}:t:{local}")
 }
 
-async fn wait_state(h: &Harness, task_id: &str, state: TaskState, within: Duration) -> pb::Task {
-    let client = h.client.clone();
-    eventually(&format!("task {task_id} to be {state:?}"), within, || {
-        let client = client.clone();
-        async move {
-            let task = client.get(task_id).await.ok()?;
-            (task.state() == state).then_some(task)
-        }
-    })
-    .await
-}
-
 fn sleep_output(task: &pb::Task) -> SleepOutput {
     serde_json::from_slice(&task.result).expect("a sleep result")
 }
@@ -74,11 +62,14 @@ async fn retry_task_never_reuses_a_fencing_token() -> anyhow::Result<()> {
         ..SubmitOptions::default()
     };
     let handle = h.client.submit_with(Sleep { ms: 2500 }, &options).await?;
-    wait_state(&h, handle.id(), TaskState::Running, Duration::from_secs(10)).await;
+    h.wait_state(handle.id(), TaskState::Running, Duration::from_secs(10))
+        .await;
     h.executors[0].signal(Signal::SIGSTOP);
     h.add_executor(&[])?;
     // The second executor's reclaim buries it (no attempts left), then an operator retries it.
-    let dead = wait_state(&h, handle.id(), TaskState::Dead, Duration::from_secs(15)).await;
+    let dead = h
+        .wait_state(handle.id(), TaskState::Dead, Duration::from_secs(15))
+        .await;
     assert!(
         dead.last_error.contains("lease expired"),
         "{}",
@@ -118,7 +109,9 @@ async fn two_attempts_of_a_task_on_one_executor_stay_apart() -> anyhow::Result<(
         .start()
         .await?;
     let handle = h.client.submit(Sleep { ms: 5000 }).await?;
-    let running = wait_state(&h, handle.id(), TaskState::Running, Duration::from_secs(10)).await;
+    let running = h
+        .wait_state(handle.id(), TaskState::Running, Duration::from_secs(10))
+        .await;
     assert_eq!(running.attempt, 1);
     // Leases are judged only once Redis has served for a whole lease (see reclaim.lua).
     eventually(
@@ -187,19 +180,7 @@ async fn redis_outage_longer_than_the_lease_restarts_nothing() -> anyhow::Result
         .executor_args(&["--lease-ms", "2000"])
         .start()
         .await?;
-    let ids: Vec<String> = h
-        .client
-        .submit_many(
-            (0..4).map(|_| Sleep { ms: 3000 }),
-            &SubmitOptions::default(),
-        )
-        .await?
-        .into_iter()
-        .map(|t| t.id().to_owned())
-        .collect();
-    for id in &ids {
-        wait_state(&h, id, TaskState::Running, Duration::from_secs(10)).await;
-    }
+    let ids = h.running_sleeps(4, 3000).await?;
     h.redis.kill();
     // The outage itself: twice the lease, with every executor alive and heartbeating into the
     // void.
@@ -229,19 +210,7 @@ async fn at_maxmemory_new_work_is_refused_and_running_work_finishes() -> anyhow:
         .executor_args(&["--lease-ms", "1500"])
         .start()
         .await?;
-    let ids: Vec<String> = h
-        .client
-        .submit_many(
-            (0..3).map(|_| Sleep { ms: 2500 }),
-            &SubmitOptions::default(),
-        )
-        .await?
-        .into_iter()
-        .map(|t| t.id().to_owned())
-        .collect();
-    for id in &ids {
-        wait_state(&h, id, TaskState::Running, Duration::from_secs(10)).await;
-    }
+    let ids = h.running_sleeps(3, 2500).await?;
     let mut con = h.redis.connection();
     let _: () = redis::cmd("SET")
         .arg("ballast")
@@ -316,7 +285,8 @@ async fn pause_holds_even_when_a_slot_frees_later() -> anyhow::Result<()> {
         .start()
         .await?;
     let long = h.client.submit(Sleep { ms: 1500 }).await?;
-    wait_state(&h, long.id(), TaskState::Running, Duration::from_secs(10)).await;
+    h.wait_state(long.id(), TaskState::Running, Duration::from_secs(10))
+        .await;
     h.client.pause("default").await?;
     let waiting = h.client.submit(Echo(serde_json::json!("later"))).await?;
     let done = h.wait_final(long.id(), Duration::from_secs(10)).await;
@@ -341,19 +311,7 @@ async fn pause_holds_even_when_a_slot_frees_later() -> anyhow::Result<()> {
 #[tokio::test]
 async fn a_short_lease_executor_does_not_take_a_long_lease_executors_tasks() -> anyhow::Result<()> {
     let mut h = Harness::builder().executors(1).start().await?;
-    let ids: Vec<String> = h
-        .client
-        .submit_many(
-            (0..3).map(|_| Sleep { ms: 2500 }),
-            &SubmitOptions::default(),
-        )
-        .await?
-        .into_iter()
-        .map(|t| t.id().to_owned())
-        .collect();
-    for id in &ids {
-        wait_state(&h, id, TaskState::Running, Duration::from_secs(10)).await;
-    }
+    let ids = h.running_sleeps(3, 2500).await?;
     h.add_executor(&["--lease-ms", "400"])?;
     for id in &ids {
         let task = h.wait_final(id, Duration::from_secs(20)).await;
@@ -432,7 +390,8 @@ async fn a_last_chance_task_does_not_park_unrelated_work() -> anyhow::Result<()>
         .start()
         .await?;
     let long = h.client.submit(Sleep { ms: 4000 }).await?;
-    wait_state(&h, long.id(), TaskState::Running, Duration::from_secs(10)).await;
+    h.wait_state(long.id(), TaskState::Running, Duration::from_secs(10))
+        .await;
     // A task whose earlier delivery ended with its executor gone: its next one is its last.
     h.client.pause("default").await?;
     let last = h.client.submit(Sleep { ms: 100 }).await?;
@@ -481,7 +440,8 @@ async fn a_lost_consumer_group_does_not_run_an_attempt_twice() -> anyhow::Result
         .start()
         .await?;
     let handle = h.client.submit(Sleep { ms: 2500 }).await?;
-    wait_state(&h, handle.id(), TaskState::Running, Duration::from_secs(10)).await;
+    h.wait_state(handle.id(), TaskState::Running, Duration::from_secs(10))
+        .await;
     let _: i64 = redis::cmd("XGROUP")
         .arg("DESTROY")
         .arg("tarefa:{default}:stream")
@@ -525,7 +485,8 @@ async fn shutdown_past_the_grace_period_releases_uncharged() -> anyhow::Result<(
         ..SubmitOptions::default()
     };
     let handle = h.client.submit_with(Sleep { ms: 4000 }, &options).await?;
-    wait_state(&h, handle.id(), TaskState::Running, Duration::from_secs(10)).await;
+    h.wait_state(handle.id(), TaskState::Running, Duration::from_secs(10))
+        .await;
     assert!(
         h.executors[0].terminate(Duration::from_secs(10)).await,
         "the executor did not exit cleanly"
@@ -558,7 +519,9 @@ async fn a_task_without_a_handler_waits_then_is_buried() -> anyhow::Result<()> {
         .submit_raw(SubmitOptions::default().request("no_such_type", b"{}".to_vec()))
         .await?
         .task_id;
-    let waiting = wait_state(&h, &id, TaskState::Retrying, Duration::from_secs(10)).await;
+    let waiting = h
+        .wait_state(&id, TaskState::Retrying, Duration::from_secs(10))
+        .await;
     assert_eq!(waiting.attempt, 0, "a bounce was charged as an attempt");
     let task = h.wait_final(&id, Duration::from_secs(20)).await;
     assert_eq!(task.state(), TaskState::Dead);
@@ -583,7 +546,8 @@ async fn an_unwritable_outcome_does_not_block_the_others() -> anyhow::Result<()>
         .client
         .submit_with(Sleep { ms: 500 }, &SubmitOptions::queue("broken"))
         .await?;
-    wait_state(&h, broken.id(), TaskState::Running, Duration::from_secs(10)).await;
+    h.wait_state(broken.id(), TaskState::Running, Duration::from_secs(10))
+        .await;
     // Damage it while it runs: its record becomes a string, so writing its outcome fails with
     // WRONGTYPE, every time, before the script writes anything.
     let mut con = h.redis.connection();

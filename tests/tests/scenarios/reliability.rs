@@ -29,18 +29,6 @@ async fn queue_stats(h: &Harness, name: &str) -> Option<pb::Queue> {
         .find(|q| q.name == name)
 }
 
-async fn wait_state(h: &Harness, task_id: &str, state: TaskState, within: Duration) -> pb::Task {
-    let client = h.client.clone();
-    eventually(&format!("task {task_id} to be {state:?}"), within, || {
-        let client = client.clone();
-        async move {
-            let task = client.get(task_id).await.ok()?;
-            (task.state() == state).then_some(task)
-        }
-    })
-    .await
-}
-
 /// 1. SIGKILL an executor holding 50 running tasks: all 50 succeed on another executor, and
 /// only the killed ones ran twice.
 #[tokio::test]
@@ -523,23 +511,14 @@ async fn cancel_before_and_while_running() -> anyhow::Result<()> {
     );
 
     let running = h.client.submit(Sleep { ms: 30_000 }).await?;
-    wait_state(
-        &h,
-        running.id(),
-        TaskState::Running,
-        Duration::from_secs(10),
-    )
-    .await;
+    h.wait_state(running.id(), TaskState::Running, Duration::from_secs(10))
+        .await;
     let asked = now_ms();
     let flagged = h.client.cancel(running.id()).await?;
     assert!(flagged.cancel_requested);
-    let task = wait_state(
-        &h,
-        running.id(),
-        TaskState::Cancelled,
-        Duration::from_secs(5),
-    )
-    .await;
+    let task = h
+        .wait_state(running.id(), TaskState::Cancelled, Duration::from_secs(5))
+        .await;
     assert!(
         task.finished_at_ms.saturating_sub(asked) < 1500,
         "the handler stopped {} ms after the cancel",
@@ -565,7 +544,8 @@ async fn stalled_executor_outcome_is_fenced() -> anyhow::Result<()> {
         .start()
         .await?;
     let handle = h.client.submit(Sleep { ms: 1500 }).await?;
-    wait_state(&h, handle.id(), TaskState::Running, Duration::from_secs(10)).await;
+    h.wait_state(handle.id(), TaskState::Running, Duration::from_secs(10))
+        .await;
     h.executors[0].signal(Signal::SIGSTOP);
     h.add_executor(&[])?;
     let task = eventually(
@@ -662,13 +642,8 @@ async fn reconciler_repairs_lost_indexes() -> anyhow::Result<()> {
     assert_eq!(task.state(), TaskState::Succeeded, "re-indexed and run");
 
     let running = h.client.submit(Sleep { ms: 3000 }).await?;
-    wait_state(
-        &h,
-        running.id(),
-        TaskState::Running,
-        Duration::from_secs(10),
-    )
-    .await;
+    h.wait_state(running.id(), TaskState::Running, Duration::from_secs(10))
+        .await;
     h.executors[0].kill();
     let local = running
         .id()
@@ -699,7 +674,8 @@ async fn reconciler_repairs_lost_indexes() -> anyhow::Result<()> {
 async fn sigterm_drains_in_flight_tasks() -> anyhow::Result<()> {
     let mut h = Harness::builder().executors(1).start().await?;
     let handle = h.client.submit(Sleep { ms: 1500 }).await?;
-    wait_state(&h, handle.id(), TaskState::Running, Duration::from_secs(10)).await;
+    h.wait_state(handle.id(), TaskState::Running, Duration::from_secs(10))
+        .await;
     // Blocking here is fine: nothing else runs on this test's runtime meanwhile.
     let clean = h.executors[0].terminate(Duration::from_secs(20)).await;
     assert!(clean, "exited 0");
@@ -806,7 +782,8 @@ async fn retry_dead_tasks_requeues_each_once() -> anyhow::Result<()> {
 async fn finished_entries_are_trimmed_and_never_counted_as_queued() -> anyhow::Result<()> {
     let h = Harness::builder().executors(1).start().await?;
     let long = h.client.submit(Sleep { ms: 3000 }).await?;
-    wait_state(&h, long.id(), TaskState::Running, Duration::from_secs(10)).await;
+    h.wait_state(long.id(), TaskState::Running, Duration::from_secs(10))
+        .await;
     let quick = h
         .client
         .submit_many((0..40).map(|_| Sleep { ms: 1 }), &SubmitOptions::default())
