@@ -98,17 +98,17 @@ def run_current(r, tasks, batch):
     while done < tasks:
         args = [DAY_MS]
         for i in range(100):
-            args += [f"{done + i:026d}", SPEC, 0, 3, DAY_MS, 0, ""]
+            args += [f"{done + i:026d}", SPEC, 0, 0, 3, DAY_MS, 0, ""]
         submit(keys=[PREFIX], args=args)
         for _ in range(0, 100, batch):
             entries = r.xreadgroup("executors", "e1", {PREFIX + "stream": ">"}, count=batch)[0][1]
-            claim_args = ["e1", 3, 7 * DAY_MS]
+            claim_args = ["e1", 3, 7 * DAY_MS, 30000]
             for entry, fields in entries:
                 claim_args += [entry, fields[b"id"]]
-            rows = claim(keys=[PREFIX], args=claim_args)
+            _paused, rows = claim(keys=[PREFIX], args=claim_args)
             outcome_args = [7 * DAY_MS, "e1"]
             for row in rows:
-                outcome_args += [row[0], row[1], "ok", "null", 0]
+                outcome_args += [row[0], row[6], "ok", "null", 0]  # id, fencing token
             assert all(x == 1 for x in complete(keys=[PREFIX], args=outcome_args))
         done += 100
 
