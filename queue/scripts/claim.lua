@@ -19,8 +19,9 @@ local dead_ttl = tonumber(ARGV[3])
 local now = now_ms()
 local now_s = tostring(now)
 local out = {}
--- (The executor's lease is recorded in LEASES by its heartbeat, which runs before its first
--- claim and every heartbeat interval after: not once more per claim call.)
+-- (The executor's lease is recorded in LEASES by its heartbeat, which starts with the executor
+-- and repeats every heartbeat interval: not once more per claim call. Until it lands, reclaim
+-- judges the consumer by its own lease, and just-claimed entries are not idle anyway.)
 
 if redis.call('EXISTS', PAUSED) == 1 then
   for i = 5, #ARGV, 2 do
