@@ -102,7 +102,7 @@ def run_current(r, tasks, batch):
         submit(keys=[PREFIX], args=args)
         for _ in range(0, 100, batch):
             entries = r.xreadgroup("executors", "e1", {PREFIX + "stream": ">"}, count=batch)[0][1]
-            claim_args = ["e1", 3, 7 * DAY_MS, 30000]
+            claim_args = ["e1", 3, 7 * DAY_MS]
             for entry, fields in entries:
                 claim_args += [entry, fields[b"id"]]
             _paused, rows = claim(keys=[PREFIX], args=claim_args)

@@ -184,7 +184,6 @@ async fn claim_with_retry(
                 queue,
                 &shared.executor_id,
                 shared.config.max_deliveries,
-                shared.config.lease(),
                 entries,
             )
             .await

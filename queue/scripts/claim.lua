@@ -4,8 +4,7 @@
 -- list, which XREADGROUP has just given this executor: its idle time is the lease's age
 -- (renew.lua resets it and records the holder's lease in LEASES; reclaim.lua takes back
 -- entries idle longer than it), so a claim writes no lease of its own.
--- ARGV: executor id, max deliveries (>= 1), dead ttl (ms), lease (ms, unused: the heartbeat
--- records it), then pairs of (entry id, task id).
+-- ARGV: executor id, max deliveries (>= 1), dead ttl (ms), then pairs of (entry id, task id).
 -- A paused queue claims nothing: the entries go back to the end of the stream as they were,
 -- so no task starts once PauseQueue has answered, whatever an executor has heard so far.
 -- Returns {paused (0/1), rows}, a row per claimed task: id, attempt, spec (the immutable fields, packed), max attempts,
@@ -24,7 +23,7 @@ local out = {}
 -- judges the consumer by its own lease, and just-claimed entries are not idle anyway.)
 
 if redis.call('EXISTS', PAUSED) == 1 then
-  for i = 5, #ARGV, 2 do
+  for i = 4, #ARGV, 2 do
     local entry, id = ARGV[i], ARGV[i + 1]
     local key = record_key(id)
     local r = redis.call('HMGET', key, 'state', 'entry')
@@ -43,7 +42,7 @@ local function claimed_row(id, attempt, r, deliveries, fence)
     deliveries, fence}
 end
 
-for i = 5, #ARGV, 2 do
+for i = 4, #ARGV, 2 do
   local entry, id = ARGV[i], ARGV[i + 1]
   local key = record_key(id)
   local r = redis.call('HMGET', key, 'state', 'entry', 'dn', 'att', 'max', 'exec', 'spec',

@@ -138,14 +138,12 @@ impl Broker {
     /// entry's place in the consumer group's pending list, which the read has just started and
     /// [`Broker::renew`] keeps fresh. Entries that lead nowhere are acknowledged and skipped; a
     /// task delivered more than `max_deliveries` times without an outcome goes DEAD as poison.
-    /// `lease` is recorded as this executor's: reclaim judges its tasks by it, never by the
-    /// reclaimer's own setting.
+    /// (The executor's lease length is recorded by [`Broker::renew`], not here.)
     pub async fn claim(
         &self,
         queue: &str,
         executor_id: &str,
         max_deliveries: u32,
-        lease: Duration,
         entries: &[(String, String)],
     ) -> Result<Claimed> {
         if entries.is_empty() {
@@ -155,8 +153,7 @@ impl Broker {
         invocation
             .arg(executor_id)
             .arg(max_deliveries.max(1))
-            .arg(self.config.dead_ttl.as_millis() as u64)
-            .arg(lease.as_millis() as u64);
+            .arg(self.config.dead_ttl.as_millis() as u64);
         for (entry, local) in entries {
             invocation.arg(entry).arg(local);
         }
