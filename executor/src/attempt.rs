@@ -253,6 +253,9 @@ impl Attempt {
             completion: Completion {
                 id: task.id,
                 fence: task.fence,
+                spec: task.spec,
+                max_attempts: task.max_attempts,
+                result_ttl: task.result_ttl,
                 outcome,
             },
             lease,

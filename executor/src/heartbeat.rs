@@ -23,6 +23,7 @@ pub(crate) async fn heartbeat(shared: Arc<Shared>, stop: CancellationToken) {
                     &shared.executor_id,
                     &shared.host,
                     shared.config.lease(),
+                    shared.config.max_deliveries,
                     &held,
                 )
                 .await;

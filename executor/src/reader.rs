@@ -173,7 +173,7 @@ fn start_attempts(
 async fn claim_with_retry(
     shared: &Arc<Shared>,
     queue: &str,
-    entries: &[(String, String)],
+    entries: &[tarefa_queue::ReadEntry],
     stop: &CancellationToken,
 ) -> Claimed {
     let mut backoff = Backoff::new();

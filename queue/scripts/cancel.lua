@@ -4,10 +4,11 @@
 -- heartbeat and stops the handler.
 local id = ARGV[1]
 local key = record_key(id)
+local now = now_ms()
+if redis.call('EXISTS', key) == 0 then materialize(id, now, nil, false) end
 local r = redis.call('HMGET', key, 'state', 'entry')
 local state = r[1]
 if not state then return '' end
-local now = now_ms()
 if state == S_SCHEDULED or state == S_RETRYING or state == S_QUEUED then
   redis.call('ZREM', SCHEDULED, id)
   redis.call('ZREM', RETRYING, id)

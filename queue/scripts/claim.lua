@@ -7,7 +7,9 @@
 -- ARGV: executor id, max deliveries (>= 1), dead ttl (ms), then pairs of (entry id, task id).
 -- A paused queue claims nothing: the entries go back to the end of the stream as they were,
 -- so no task starts once PauseQueue has answered, whatever an executor has heard so far.
--- Returns {paused (0/1), rows}, a row per claimed task: id, attempt, spec (the immutable fields, packed), max attempts,
+-- Returns {paused (0/1), rows}, a row per claimed task: id, attempt, spec (the immutable fields,
+-- packed; empty for a birth entry, whose spec the executor has just read), max attempts (empty
+-- likewise),
 -- ms spent waiting since queued, deliveries without an outcome (this one included; more than 1:
 -- an earlier delivery ended with its executor gone), fencing token. Entries whose task is gone,
 -- cancelled or superseded are acknowledged and skipped; a task delivered more than max
@@ -26,6 +28,7 @@ if redis.call('EXISTS', PAUSED) == 1 then
   for i = 4, #ARGV, 2 do
     local entry, id = ARGV[i], ARGV[i + 1]
     local key = record_key(id)
+    if id == entry and redis.call('EXISTS', key) == 0 then materialize(id, now, nil, true) end
     local r = redis.call('HMGET', key, 'state', 'entry')
     if r[1] == S_QUEUED and r[2] == entry then
       drop_entry(entry)
@@ -45,9 +48,21 @@ end
 for i = 4, #ARGV, 2 do
   local entry, id = ARGV[i], ARGV[i + 1]
   local key = record_key(id)
-  local r = redis.call('HMGET', key, 'state', 'entry', 'dn', 'att', 'max', 'exec', 'spec',
-    'rtime', 'f', 'dlv')
-  if r[1] == S_RUNNING and r[2] == entry and r[6] == executor then
+  local r
+  if id == entry and redis.call('EXISTS', key) == 0 then
+    r = {}
+  else
+    r = redis.call('HMGET', key, 'state', 'entry', 'dn', 'att', 'max', 'exec', 'spec', 'rtime',
+      'f', 'dlv')
+  end
+  if not r[1] and id == entry then
+    -- A birth entry (the fast path): RUNNING from this read on, at attempt 1 under the birth
+    -- token, with nothing written. Its spec and options are in the entry the executor read,
+    -- so the row leaves them empty.
+    local ms = stream_id_parts(entry)
+    out[#out + 1] = {id, 1, '', '', math.max(0, now - ms), 1, birth_fence(entry)}
+    notify(id, S_RUNNING)
+  elseif r[1] == S_RUNNING and r[2] == entry and r[6] == executor then
     -- This executor's own claim, delivered again: a retried claim whose first answer was lost
     -- (a timeout while Redis was slow), or a re-delivery after the group was recreated. The
     -- same attempt and token are handed back; the executor starts it only if it does not run

@@ -163,3 +163,90 @@ local function finish(id, key, state, now)
   redis.call('PEXPIRE', errors_key(id), ttl)
   notify(id, state)
 end
+
+
+-- The stream-native fast path. A task submitted to run now has no record: its stream entry
+-- carries it (field 's', the packed spec, and its options 'max', 'ttl', 'prio', 'idem'), and
+-- its id is the entry's id (a "birth entry", with no 'id' field). While it waits it is QUEUED
+-- and while its entry is in the group's pending list it is RUNNING, at attempt 1 under the
+-- birth token; nothing is written until its outcome. Anything else that happens to it first
+-- (a cancel, a release, a progress report, a heartbeat, its lease running out, a pause)
+-- materializes its record from the entry, and from then on it is an ordinary recorded task.
+
+-- The (ms, seq) numbers of a stream id, or nil when `id` is not one.
+local function stream_id_parts(id)
+  local ms, seq = string.match(id, '^(%d+)%-(%d+)$')
+  if not ms then return nil end
+  return tonumber(ms), tonumber(seq)
+end
+
+-- The fencing token of a birth entry's first attempt: its id in microseconds-ish
+-- (ms * 1000 + seq, capped): a value any later token (next_fence, from Redis's clock in
+-- microseconds) exceeds.
+local function birth_fence(entry)
+  local ms, seq = stream_id_parts(entry)
+  return string.format('%d', ms * 1000 + math.min(seq, 999))
+end
+
+-- The pending row {entry, consumer, idle ms, deliveries} of `entry`, or nil (also when no
+-- executor has created the group yet).
+local function pending_row(entry)
+  local ok, p = pcall(redis.call, 'XPENDING', STREAM, GROUP, entry, entry, 1)
+  if not ok then return nil end
+  return p[1]
+end
+
+-- Whether `entry` was delivered to the group (so, when no longer pending, acknowledged).
+local function delivered(entry)
+  local info = group_info()
+  local last = info and entry_field(info, 'last-delivered-id')
+  if not last then return false end
+  local ms, seq = stream_id_parts(entry)
+  local lms, lseq = stream_id_parts(last)
+  if not lms then return false end
+  return ms < lms or (ms == lms and seq <= lseq)
+end
+
+-- The record a task without one would have now, as a flat field/value list, or nil when `id`
+-- names no waiting or running birth entry. `max_deliveries` (when known) decides whether the
+-- running delivery is counted yet (see claim.lua); `queued` describes it as QUEUED even though
+-- it was just delivered (a claim handing entries back while paused).
+local function virtual_record(id, now, max_deliveries, queued)
+  if not stream_id_parts(id) then return nil end
+  local rows = redis.call('XRANGE', STREAM, id, id)
+  if #rows == 0 then return nil end
+  local fields = rows[1][2]
+  local spec = entry_field(fields, 's')
+  if not spec then return nil end
+  local ms = string.match(id, '^(%d+)')
+  local r = {'spec', spec, 'max', entry_field(fields, 'max') or '1',
+    'ttl', entry_field(fields, 'ttl') or '86400000', 'ctime', ms, 'rtime', ms, 'entry', id}
+  local prio, idem = entry_field(fields, 'prio'), entry_field(fields, 'idem')
+  if prio then r[#r + 1] = 'prio'; r[#r + 1] = prio end
+  if idem then r[#r + 1] = 'idem'; r[#r + 1] = idem end
+  local p = (not queued) and pending_row(id)
+  if p then
+    local dn = tonumber(p[4]) or 1
+    local counted = dn
+    if max_deliveries and dn >= max_deliveries then counted = dn - 1 end
+    local fields_running = {'state', S_RUNNING, 'att', '1', 'f', birth_fence(id), 'exec', p[2],
+      'dn', string.format('%d', dn), 'dlv', string.format('%d', counted), 'stime', string.format('%d', now - (tonumber(p[3]) or 0))}
+    for _, v in ipairs(fields_running) do r[#r + 1] = v end
+  elseif queued or not delivered(id) then
+    r[#r + 1] = 'state'; r[#r + 1] = S_QUEUED
+    r[#r + 1] = 'att'; r[#r + 1] = '0'
+  else
+    -- Delivered and acknowledged (its outcome recorded, and the record since expired or
+    -- purged): gone, though the entry is not yet trimmed.
+    return nil
+  end
+  return r
+end
+
+-- Writes the record of a task that has none yet (see virtual_record). Returns whether it did.
+local function materialize(id, now, max_deliveries, queued)
+  local r = virtual_record(id, now, max_deliveries, queued)
+  if not r then return false end
+  redis.call('HSET', record_key(id), unpack(r))
+  return true
+end

@@ -1,7 +1,8 @@
 -- Records the outcomes of a batch of attempts and acknowledges their entries.
--- ARGV: dead ttl (ms), executor id, then 5 values per outcome:
---   id, fencing token (the claim's `f`), kind (ok | retry | fail | cancel), result or error,
---   retry delay (ms).
+-- ARGV: dead ttl (ms), executor id, then 8 values per outcome:
+--   id, fencing token (the claim's `f`), spec (packed, as claimed: the record of a task that
+--   has none yet is written with it), max attempts, result ttl (ms; 0 when the record holds
+--   it), kind (ok | retry | fail | cancel), result or error, retry delay (ms).
 -- An outcome is written only if the task is still RUNNING under that token: a late outcome
 -- from an executor that lost its lease is rejected. Returns 1 (written) or 0 (rejected) per
 -- outcome, -1 when the task's record is damaged, or 2 when this very outcome had already been recorded (`of`, the token of the
@@ -59,13 +60,64 @@ local function remove_acknowledged(entries)
   call_in_slices('XDEL', STREAM, nil, entries, 1000)
 end
 local min_ttl = nil
-for i = 3, #ARGV, 5 do
-  local id, fence, kind, body, delay = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], tonumber(ARGV[i + 4])
+-- This executor's pending entries among the birth entries of the batch (the fast path's
+-- fence check: the entry must still be pending to this executor), in one XPENDING.
+local mine = {}
+local lo, hi, births = nil, nil, 0
+for i = 3, #ARGV, 8 do
+  local ms, seq = stream_id_parts(ARGV[i])
+  if ms then
+    births = births + 1
+    if not lo or ms < lo[1] or (ms == lo[1] and seq < lo[2]) then lo = {ms, seq, ARGV[i]} end
+    if not hi or ms > hi[1] or (ms == hi[1] and seq > hi[2]) then hi = {ms, seq, ARGV[i]} end
+  end
+end
+if births > 0 then
+  local ok, rows = pcall(redis.call, 'XPENDING', STREAM, GROUP, lo[3], hi[3], 100000, executor)
+  if ok then
+    for _, p in ipairs(rows) do mine[p[1]] = p end
+  end
+end
+for i = 3, #ARGV, 8 do
+  local id, fence, spec, max = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+  local kind, body, delay = ARGV[i + 5], ARGV[i + 6], tonumber(ARGV[i + 7])
   local key = record_key(id)
   local r = redis.call('HMGET', key, 'state', 'f', 'entry', 'max', 'cancel', 'exec', 'ttl', 'err',
     'of', 'att')
+  -- A birth entry's task (the fast path) has no record until now. Its attempt still holds it
+  -- when the entry is pending to this executor and the token is the birth token.
+  local fast = nil
+  if not r[1] and mine[id] then
+    local p = mine[id]
+    if birth_fence(id) == fence then
+      if kind == 'ok' then
+        fast = p
+      elseif materialize(id, now, nil, false) then
+        r = redis.call('HMGET', key, 'state', 'f', 'entry', 'max', 'cancel', 'exec', 'ttl', 'err',
+          'of', 'att')
+      end
+    end
+  end
   local attempt = r[10]
-  if r[9] == fence and r[6] == executor then
+  if fast then
+    -- Succeeded at its first attempt: the one record it will ever have, written once, with
+    -- nothing a finished task does not need.
+    local ttl = ARGV[i + 4]
+    if ttl == '0' then ttl = '86400000' end
+    local ms = string.match(id, '^(%d+)')
+    local started = string.format('%d', now - (tonumber(fast[3]) or 0))
+    redis.call('HSET', key, 'spec', spec, 'max', max, 'ctime', ms, 'att', '1', 'of', fence,
+      'exec', executor, 'stime', started, 'res', body, 'state', S_SUCCEEDED, 'ftime', now_s)
+    redis.call('PEXPIRE', key, ttl)
+    out[#out + 1] = 1
+    ok_entries[#ok_entries + 1] = id
+    ok_done[#ok_done + 1] = now_s
+    ok_done[#ok_done + 1] = id
+    local ttl_ms = tonumber(ttl) or 86400000
+    if min_ttl == nil or ttl_ms < min_ttl then min_ttl = ttl_ms end
+    notify(id, S_SUCCEEDED)
+    succeeded = succeeded + 1
+  elseif r[9] == fence and r[6] == executor then
     out[#out + 1] = 2
   elseif r[1] ~= S_RUNNING or r[2] ~= fence then
     out[#out + 1] = 0

@@ -47,8 +47,13 @@ for _, p in ipairs(expired) do
   local entry = p[1]
   local rows = redis.call('XRANGE', STREAM, entry, entry)
   local id = nil
-  if #rows > 0 then id = entry_field(rows[1][2], 'id') end
+  if #rows > 0 then id = entry_field(rows[1][2], 'id') or entry end
   local key = record_key(id or '')
+  -- A birth entry's task has no record yet (the fast path): written now, RUNNING under the
+  -- holder named by the pending list, so it is handled like any other.
+  if id == entry and redis.call('EXISTS', key) == 0 then
+    materialize(id, now, max_deliveries, false)
+  end
   local r = redis.call('HMGET', key, 'state', 'att', 'max', 'dlv', 'entry', 'cancel', 'exec')
   -- Every idle entry leaves the pending list and the stream; what follows decides the task's fate.
   drop_entry(entry)

@@ -14,6 +14,7 @@ local out = {}
 for i = 5, #ARGV, 3 do
   local id, fence, message = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local key = record_key(id)
+  if redis.call('EXISTS', key) == 0 then materialize(id, now, nil, false) end
   local r = redis.call('HMGET', key, 'state', 'f', 'exec', 'entry', 'att', 'dn', 'nh')
   if r[1] ~= S_RUNNING or r[2] ~= fence or r[3] ~= executor then
     out[#out + 1] = 0

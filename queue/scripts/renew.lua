@@ -5,7 +5,11 @@
 -- their own consumer, with no minimum idle time, resets their idle time to zero (JUSTID: the
 -- delivery counters stay as they are). reclaim.lua takes back entries idle past the holder's
 -- lease.
--- ARGV: executor id, host, in-flight count, lease (ms), then pairs of (task id, fencing token).
+-- ARGV: executor id, host, in-flight count, lease (ms), max deliveries, then pairs of (task id,
+-- fencing token). A task still without a record (the fast path, see virtual_record) that this
+-- executor holds gets one now: it has run a whole heartbeat, so its start time and holder are
+-- worth writing down (they would otherwise be lost to this very renewal, which resets the
+-- entry's idle time).
 -- Returns {paused (0/1), lost (pairs of task id, token), cancelled (pairs of task id, token)}.
 -- A task is lost when it is no longer RUNNING under that token on this executor (its lease
 -- expired and it was taken back, or Redis was restored from an older snapshot).
@@ -14,10 +18,17 @@ local now = now_ms()
 serving_since(now)
 redis.call('HSET', EXECUTORS, executor, now .. '|' .. ARGV[2] .. '|' .. ARGV[3])
 redis.call('HSET', LEASES, executor, ARGV[4])
+local max_deliveries = tonumber(ARGV[5])
 local lost, cancelled, entries = {}, {}, {}
-for i = 5, #ARGV, 2 do
+for i = 6, #ARGV, 2 do
   local id, fence = ARGV[i], ARGV[i + 1]
   local r = redis.call('HMGET', record_key(id), 'state', 'f', 'cancel', 'entry', 'exec')
+  if not r[1] and stream_id_parts(id) and birth_fence(id) == fence then
+    local p = pending_row(id)
+    if p and p[2] == executor and materialize(id, now, max_deliveries, false) then
+      r = redis.call('HMGET', record_key(id), 'state', 'f', 'cancel', 'entry', 'exec')
+    end
+  end
   if r[1] ~= S_RUNNING or r[2] ~= fence or r[5] ~= executor then
     lost[#lost + 1] = id
     lost[#lost + 1] = fence

@@ -3,6 +3,9 @@
 --   id, spec (the immutable fields, packed by the queue crate: never read here), run_at (Unix
 --   ms, 0 = none), delay (ms from now on Redis's clock, used when run_at is 0; 0 = now), max
 --   attempts, result ttl (ms), priority, idempotency key.
+-- A task due now goes straight into the stream with no record, and its id is its entry's id
+-- (the stream-native fast path, see virtual_record in common.lua); a task due later gets a
+-- record under the id passed in and waits in SCHEDULED.
 -- Returns, per task: the task id (the earlier one when deduplicated) and 1 if deduplicated.
 local window = tonumber(ARGV[1])
 local per_task = 8
@@ -19,9 +22,6 @@ for i = 0, n - 1 do
   if idem ~= '' then
     local ikey = base .. 'i:' .. idem
     previous = redis.call('GET', ikey)
-    if not previous then
-      redis.call('SET', ikey, id, 'PX', window)
-    end
   end
   if previous then
     out[#out + 1] = previous
@@ -30,34 +30,39 @@ for i = 0, n - 1 do
     local key = record_key(id)
     local run_at = tonumber(ARGV[o + 3])
     if run_at == 0 then run_at = now + tonumber(ARGV[o + 4]) end
-    local fields = {'spec', ARGV[o + 2], 'att', '0', 'max', ARGV[o + 5], 'ttl', ARGV[o + 6],
-      'ctime', now_s}
-    if ARGV[o + 7] ~= '0' then
-      fields[#fields + 1] = 'prio'
-      fields[#fields + 1] = ARGV[o + 7]
-    end
-    if idem ~= '' then
-      fields[#fields + 1] = 'idem'
-      fields[#fields + 1] = idem
-    end
     if run_at > now then
+      local fields = {'spec', ARGV[o + 2], 'att', '0', 'max', ARGV[o + 5], 'ttl', ARGV[o + 6],
+        'ctime', now_s}
+      if ARGV[o + 7] ~= '0' then
+        fields[#fields + 1] = 'prio'
+        fields[#fields + 1] = ARGV[o + 7]
+      end
+      if idem ~= '' then
+        fields[#fields + 1] = 'idem'
+        fields[#fields + 1] = idem
+      end
       fields[#fields + 1] = 'state'
       fields[#fields + 1] = S_SCHEDULED
       fields[#fields + 1] = 'rtime'
       fields[#fields + 1] = string.format('%d', run_at)
       redis.call('HSET', key, unpack(fields))
       redis.call('ZADD', SCHEDULED, run_at, id)
+      if idem ~= '' then redis.call('SET', base .. 'i:' .. idem, id, 'PX', window) end
     else
-      -- enqueue(), with the record written by the same HSET.
-      local entry = redis.call('XADD', STREAM, '*', 'id', id)
-      fields[#fields + 1] = 'state'
-      fields[#fields + 1] = S_QUEUED
-      fields[#fields + 1] = 'entry'
-      fields[#fields + 1] = entry
-      fields[#fields + 1] = 'rtime'
-      fields[#fields + 1] = now_s
+      -- The fast path: no record, the entry carries the task and names it (see
+      -- virtual_record in common.lua). The id passed in is not used.
+      local entry_fields = {'s', ARGV[o + 2], 'max', ARGV[o + 5], 'ttl', ARGV[o + 6]}
+      if ARGV[o + 7] ~= '0' then
+        entry_fields[#entry_fields + 1] = 'prio'
+        entry_fields[#entry_fields + 1] = ARGV[o + 7]
+      end
+      if idem ~= '' then
+        entry_fields[#entry_fields + 1] = 'idem'
+        entry_fields[#entry_fields + 1] = idem
+      end
+      id = redis.call('XADD', STREAM, '*', unpack(entry_fields))
+      if idem ~= '' then redis.call('SET', base .. 'i:' .. idem, id, 'PX', window) end
       -- No notification: nobody can be watching a task that did not exist.
-      redis.call('HSET', key, unpack(fields))
     end
     created = created + 1
     out[#out + 1] = id

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use redis::Value;
 
 use crate::broker::Broker;
-use crate::keys::{DEAD, DONE, PAUSED, RETRYING, SCHEDULED, STREAM};
+use crate::keys::{DEAD, DONE, ENTRY_TASK_FIELD, PAUSED, RETRYING, SCHEDULED, STREAM};
 use crate::task::{TaskId, TaskRecord, TaskState};
 use crate::{Error, Result};
 
@@ -71,24 +71,26 @@ pub struct ListPage {
     pub next_offset: Option<u64>,
 }
 
+/// What `get.lua` answers per task: its record's fields (empty when it does not exist) and its
+/// errors list.
+type StoredTask = (HashMap<String, Vec<u8>>, Vec<String>);
+
 impl Broker {
-    /// Reads a task, or `None` when it does not exist.
+    /// Reads a task, or `None` when it does not exist. One round trip (`get.lua`), whether the
+    /// task has a record or still lives only in its stream entry (the fast path).
     pub async fn task(&self, id: &TaskId) -> Result<Option<TaskRecord>> {
-        let pipe = redis::pipe()
-            .cmd("HGETALL")
-            .arg(self.keys.record(id.queue(), id.local()))
-            .cmd("LRANGE")
-            .arg(self.keys.errors(id.queue(), id.local()))
-            .arg(0)
-            .arg(-1)
-            .clone();
-        let (fields, errors): (HashMap<String, Vec<u8>>, Vec<String>) = self
+        let mut invocation = self.scripts.get.key(self.keys.queue_prefix(id.queue()));
+        invocation.arg(id.local());
+        let invocation = &invocation;
+        let replies: Vec<StoredTask> = self
             .resending(|| {
                 let mut con = self.con.clone();
-                let pipe = &pipe;
-                async move { self.timed(pipe.query_async(&mut con)).await }
+                async move { self.timed(invocation.invoke_async(&mut con)).await }
             })
             .await?;
+        let Some((fields, errors)) = replies.into_iter().next() else {
+            return Err(Error::Corrupt("get script answered nothing".to_owned()));
+        };
         if fields.is_empty() {
             return Ok(None);
         }
@@ -100,23 +102,17 @@ impl Broker {
         if locals.is_empty() {
             return Ok(Vec::new());
         }
-        let mut pipe = redis::pipe();
+        let mut invocation = self.scripts.get.key(self.keys.queue_prefix(queue));
         for local in locals {
-            pipe.cmd("HGETALL").arg(self.keys.record(queue, local));
-            pipe.cmd("LRANGE")
-                .arg(self.keys.errors(queue, local))
-                .arg(0)
-                .arg(-1);
+            invocation.arg(local);
         }
         let mut con = self.con.clone();
-        let replies: Vec<Value> = self.timed(pipe.query_async(&mut con)).await?;
+        let replies: Vec<StoredTask> = self.timed(invocation.invoke_async(&mut con)).await?;
         let mut out = Vec::with_capacity(locals.len());
-        for (local, pair) in locals.iter().zip(replies.chunks(2)) {
-            let fields: HashMap<String, Vec<u8>> = redis::from_redis_value_ref(&pair[0])?;
+        for (local, (fields, errors)) in locals.iter().zip(replies) {
             if fields.is_empty() {
                 continue;
             }
-            let errors: Vec<String> = redis::from_redis_value_ref(&pair[1])?;
             out.push(crate::record::parse(
                 TaskId::from_parts(queue, local),
                 fields,
@@ -397,7 +393,7 @@ impl Broker {
                         .arg("+")
                         .clone()
                 };
-                let entries: Vec<(String, HashMap<String, String>)> = self
+                let entries: Vec<(String, HashMap<String, Vec<u8>>)> = self
                     .timed(
                         command
                             .arg("COUNT")
@@ -408,7 +404,13 @@ impl Broker {
                 return Ok(entries
                     .into_iter()
                     .skip(offset as usize)
-                    .filter_map(|(_, mut fields)| fields.remove("id"))
+                    // A birth entry (no `id` field) names its task by its own id.
+                    .map(|(entry, mut fields)| {
+                        fields
+                            .remove(ENTRY_TASK_FIELD)
+                            .map(|id| String::from_utf8_lossy(&id).into_owned())
+                            .unwrap_or(entry)
+                    })
                     .collect());
             }
             TaskState::Scheduled => sorted_set(SCHEDULED),

@@ -9,6 +9,9 @@ use redis::aio::ConnectionManager;
 
 use crate::broker::Broker;
 use crate::keys::{ENTRY_TASK_FIELD, GROUP, STREAM};
+
+/// [`ENTRY_TASK_FIELD`] as bytes, to match entry field names against.
+const ENTRY_TASK_FIELD_BYTES: &[u8] = ENTRY_TASK_FIELD.as_bytes();
 use crate::spec;
 use crate::task::{ClaimedTask, Completion, Outcome, TaskId};
 use crate::{Error, Result};
@@ -40,6 +43,22 @@ pub struct RenewReply {
     pub lost: Vec<(TaskId, u64)>,
     /// Attempts cancelled while running here.
     pub cancelled: Vec<(TaskId, u64)>,
+}
+
+/// An entry just read from a queue's stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadEntry {
+    /// The entry's id.
+    pub entry: String,
+    /// The local id of its task: the entry's `id` field, or, for a birth entry (a task
+    /// submitted straight into the stream, the fast path), the entry's own id.
+    pub task: String,
+    /// A birth entry's packed spec (field `s`), which its claim does not send back.
+    spec: Option<Vec<u8>>,
+    /// A birth entry's max attempts (field `max`).
+    max_attempts: Option<String>,
+    /// A birth entry's result TTL in ms (field `ttl`).
+    result_ttl_ms: Option<u64>,
 }
 
 /// What a claim did with the entries just read.
@@ -144,7 +163,7 @@ impl Broker {
         queue: &str,
         executor_id: &str,
         max_deliveries: u32,
-        entries: &[(String, String)],
+        entries: &[ReadEntry],
     ) -> Result<Claimed> {
         if entries.is_empty() {
             return Ok(Claimed::default());
@@ -154,8 +173,8 @@ impl Broker {
             .arg(executor_id)
             .arg(max_deliveries.max(1))
             .arg(self.config.dead_ttl.as_millis() as u64);
-        for (entry, local) in entries {
-            invocation.arg(entry).arg(local);
+        for read in entries {
+            invocation.arg(&read.entry).arg(&read.task);
         }
         let mut con = self.con.clone();
         let (paused, rows): (i64, Vec<Vec<Value>>) =
@@ -164,7 +183,7 @@ impl Broker {
         // lease runs out and reclaim counts the lost deliveries until it goes DEAD as poison.
         let tasks = rows
             .into_iter()
-            .filter_map(|row| match claimed_from_row(queue, row) {
+            .filter_map(|row| match claimed_from_row(queue, row, entries) {
                 Ok(task) => Some(task),
                 Err(error) => {
                     tracing::error!(%queue, %error, "claimed a task whose record is damaged; skipping it");
@@ -202,7 +221,12 @@ impl Broker {
                 .arg(executor_id);
             for &index in &indexes {
                 let completion = completions[index];
-                invocation.arg(completion.id.local()).arg(completion.fence);
+                invocation
+                    .arg(completion.id.local())
+                    .arg(completion.fence)
+                    .arg(&completion.spec)
+                    .arg(completion.max_attempts)
+                    .arg(completion.result_ttl.map_or(0, |t| t.as_millis() as u64));
                 match &completion.outcome {
                     Outcome::Succeeded(result) => invocation.arg("ok").arg(result).arg(0),
                     Outcome::Retry { error, delay } => invocation
@@ -291,6 +315,7 @@ impl Broker {
         executor_id: &str,
         host: &str,
         lease: Duration,
+        max_deliveries: u32,
         in_flight: &[(TaskId, u64)],
     ) -> Result<RenewReply> {
         let mut invocation = self.scripts.renew.key(self.keys.queue_prefix(queue));
@@ -298,7 +323,8 @@ impl Broker {
             .arg(executor_id)
             .arg(host)
             .arg(in_flight.len())
-            .arg(lease.as_millis() as u64);
+            .arg(lease.as_millis() as u64)
+            .arg(max_deliveries.max(1));
         for (id, fence) in in_flight {
             invocation.arg(id.local()).arg(*fence);
         }
@@ -430,14 +456,13 @@ impl Broker {
 
 impl Reader {
     /// Reads up to `count` new entries of `queue` for `executor_id`, waiting up to the block
-    /// time. Returns `(entry id, task local id)` pairs. A missing group (Redis restarted empty)
-    /// is re-created and reads as empty.
+    /// time. A missing group (Redis restarted empty) is re-created and reads as empty.
     pub async fn read(
         &mut self,
         queue: &str,
         executor_id: &str,
         count: usize,
-    ) -> Result<Vec<(String, String)>> {
+    ) -> Result<Vec<ReadEntry>> {
         let stream = self.broker.keys.queue_key(queue, STREAM);
         let command = redis::cmd("XREADGROUP")
             .arg("GROUP")
@@ -467,8 +492,8 @@ impl Reader {
     }
 }
 
-/// Parses an XREADGROUP reply for one stream into `(entry id, task id)` pairs.
-fn parse_read_reply(reply: Value) -> Result<Vec<(String, String)>> {
+/// Parses an XREADGROUP reply for one stream.
+fn parse_read_reply(reply: Value) -> Result<Vec<ReadEntry>> {
     let streams = match reply {
         Value::Nil => return Ok(Vec::new()),
         Value::Array(streams) => streams,
@@ -499,7 +524,7 @@ fn parse_read_reply(reply: Value) -> Result<Vec<(String, String)>> {
             }
             let fields = entry.pop().unwrap_or(Value::Nil);
             let entry_id: String = redis::from_redis_value(entry.pop().unwrap_or(Value::Nil))?;
-            let fields: Vec<String> = match fields {
+            let fields: Vec<Vec<u8>> = match fields {
                 Value::Nil => Vec::new(),
                 Value::Map(pairs) => pairs
                     .into_iter()
@@ -508,12 +533,33 @@ fn parse_read_reply(reply: Value) -> Result<Vec<(String, String)>> {
                     .collect::<Result<_, _>>()?,
                 other => redis::from_redis_value(other)?,
             };
-            let task = fields
-                .chunks(2)
-                .find(|pair| pair.first().map(String::as_str) == Some(ENTRY_TASK_FIELD))
-                .and_then(|pair| pair.get(1).cloned())
-                .unwrap_or_default();
-            out.push((entry_id, task));
+            let mut task = None;
+            let mut spec = None;
+            let mut max_attempts = None;
+            let mut result_ttl_ms = None;
+            for pair in fields.chunks(2) {
+                if let [name, value] = pair {
+                    match name.as_slice() {
+                        ENTRY_TASK_FIELD_BYTES => {
+                            task = Some(String::from_utf8_lossy(value).into_owned())
+                        }
+                        b"s" => spec = Some(value.clone()),
+                        b"max" => max_attempts = Some(String::from_utf8_lossy(value).into_owned()),
+                        b"ttl" => {
+                            result_ttl_ms =
+                                std::str::from_utf8(value).ok().and_then(|v| v.parse().ok())
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            out.push(ReadEntry {
+                task: task.unwrap_or_else(|| entry_id.clone()),
+                entry: entry_id,
+                spec,
+                max_attempts,
+                result_ttl_ms,
+            });
         }
     }
     Ok(out)
@@ -553,7 +599,9 @@ pub enum AttemptToken {
     Attempt(u32),
 }
 
-fn claimed_from_row(queue: &str, row: Vec<Value>) -> Result<ClaimedTask> {
+/// A claim row as a task. A birth entry's row leaves its spec and max attempts empty: they
+/// come from the entry as read (`entries`).
+fn claimed_from_row(queue: &str, row: Vec<Value>, entries: &[ReadEntry]) -> Result<ClaimedTask> {
     if row.len() < 7 {
         return Err(Error::Corrupt(format!(
             "claim row has {} values",
@@ -564,15 +612,25 @@ fn claimed_from_row(queue: &str, row: Vec<Value>) -> Result<ClaimedTask> {
     let mut next = || values.next().unwrap_or(Value::Nil);
     let local: String = redis::from_redis_value(next())?;
     let attempt: u32 = redis::from_redis_value(next())?;
-    let spec: Vec<u8> = redis::from_redis_value(next())?;
-    let max_attempts: String = redis::from_redis_value(next())?;
+    let mut spec: Vec<u8> = redis::from_redis_value(next())?;
+    let mut max_attempts: String = redis::from_redis_value(next())?;
+    let mut result_ttl = None;
+    if spec.is_empty() {
+        let read = entries.iter().find(|e| e.entry == local && e.task == local);
+        if let Some(read) = read {
+            spec = read.spec.clone().unwrap_or_default();
+            max_attempts = read.max_attempts.clone().unwrap_or_default();
+            result_ttl = read.result_ttl_ms.map(Duration::from_millis);
+        }
+    }
     let queue_wait_ms: u64 = redis::from_redis_value(next())?;
     let deliveries: u32 = redis::from_redis_value(next())?;
     let fence: String = redis::from_redis_value(next())?;
     let fence: u64 = fence
         .parse()
         .map_err(|_| Error::Corrupt(format!("task {local}: fencing token is {fence:?}")))?;
-    let spec = spec::decode(&spec).map_err(|e| Error::Corrupt(format!("task {local}: {e}")))?;
+    let packed = spec;
+    let spec = spec::decode(&packed).map_err(|e| Error::Corrupt(format!("task {local}: {e}")))?;
     let max_attempts = max_attempts
         .parse()
         .map_err(|_| Error::Corrupt(format!("task {local}: max attempts is {max_attempts:?}")))?;
@@ -590,5 +648,7 @@ fn claimed_from_row(queue: &str, row: Vec<Value>) -> Result<ClaimedTask> {
         traceparent: spec.traceparent,
         queue_wait: Duration::from_millis(queue_wait_ms),
         deliveries,
+        spec: packed,
+        result_ttl,
     })
 }

@@ -20,6 +20,8 @@ pub const DEAD: &str = "dead";
 pub const DONE: &str = "done";
 /// Hash of executor id -> `last_seen_ms|host|in_flight`.
 pub const EXECUTORS: &str = "executors";
+/// Hash of the queue's running totals (submitted, succeeded, failed, dead).
+pub const STATS: &str = "stats";
 /// Present while the queue is paused.
 pub const PAUSED: &str = "paused";
 /// The hash tag of handler discovery's keys: every announcement lives in one slot, so the

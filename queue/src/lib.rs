@@ -29,7 +29,8 @@ pub use broker::{
     Broker, BrokerConfig, ENV_REDIS_CA_CERT, ENV_REDIS_CLIENT_CERT, ENV_REDIS_CLIENT_KEY,
 };
 pub use consumer::{
-    AttemptToken, Claimed, Reader, ReclaimReport, ReconcileReport, Release, RenewReply, Written,
+    AttemptToken, Claimed, ReadEntry, Reader, ReclaimReport, ReconcileReport, Release, RenewReply,
+    Written,
 };
 pub use handlers::{AnnouncedHandler, HandlerAnnouncement};
 pub use submit::SubmitBatcher;
@@ -126,7 +127,13 @@ impl From<redis::RedisError> for Error {
             );
         if reachability {
             Self::Unavailable(error.to_string())
-        } else if error.code() == Some("OOM") {
+        } else if error.code() == Some("OOM")
+            // A pipeline (submit's plain XADDs) reports its commands' errors together.
+            || error
+                .clone()
+                .into_server_errors()
+                .is_some_and(|errors| errors.iter().any(|(_, e)| e.code() == "OOM"))
+        {
             Self::OutOfMemory(error.to_string())
         } else {
             Self::Redis(error)

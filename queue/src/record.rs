@@ -193,6 +193,7 @@ mod tests {
         ("alone.lua", include_str!("../scripts/alone.lua")),
         ("release.lua", include_str!("../scripts/release.lua")),
         ("group.lua", include_str!("../scripts/group.lua")),
+        ("get.lua", include_str!("../scripts/get.lua")),
     ];
 
     /// The quoted literals of `text`, in order.

@@ -17,6 +17,14 @@ macro_rules! script {
             include_str!(concat!("../scripts/", $file))
         ))
     };
+    (read_only $file:literal) => {
+        Script::new(concat!(
+            "#!lua flags=no-writes,allow-oom\n",
+            include_str!("../scripts/common.lua"),
+            "\n",
+            include_str!(concat!("../scripts/", $file))
+        ))
+    };
     (allow_oom $file:literal) => {
         Script::new(concat!(
             "#!lua flags=allow-oom\n",
@@ -45,6 +53,7 @@ pub(crate) struct Scripts {
     pub(crate) alone: Script,
     pub(crate) release: Script,
     pub(crate) group: Script,
+    pub(crate) get: Script,
 }
 
 impl Scripts {
@@ -65,6 +74,7 @@ impl Scripts {
             alone: script!(allow_oom "alone.lua"),
             release: script!(allow_oom "release.lua"),
             group: script!(allow_oom "group.lua"),
+            get: script!(read_only "get.lua"),
         }
     }
 }

@@ -59,6 +59,12 @@ impl Broker {
         group: &[(usize, NewTask)],
     ) -> Result<Vec<Submitted>> {
         self.register_queue(queue).await?;
+        if group
+            .iter()
+            .all(|(_, t)| t.run_at_ms == 0 && t.delay_ms == 0 && t.idempotency_key.is_empty())
+        {
+            return self.submit_plain(queue, group).await;
+        }
         let mut invocation = self.scripts.submit.key(self.keys.queue_prefix(queue));
         invocation.arg(self.config.idempotency_window.as_millis() as u64);
         for (_, task) in group {
@@ -96,6 +102,62 @@ impl Broker {
             });
         }
         Ok(written)
+    }
+
+    /// Writes tasks due now with no idempotency key, the common case, without a script: one
+    /// `XADD` each (the entry carries the task and names it, exactly as `submit.lua` would
+    /// write it) and one count, in one `MULTI`/`EXEC` round trip.
+    async fn submit_plain(
+        &self,
+        queue: &str,
+        group: &[(usize, NewTask)],
+    ) -> Result<Vec<Submitted>> {
+        let stream = self.keys.queue_key(queue, crate::keys::STREAM);
+        // MULTI/EXEC: all or nothing, like the script (at maxmemory Redis refuses the
+        // queued XADDs and the whole batch, so a refused batch wrote nothing).
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for (_, task) in group {
+            let command = pipe
+                .cmd("XADD")
+                .arg(&stream)
+                .arg("*")
+                .arg("s")
+                .arg(spec::encode(task))
+                .arg("max")
+                .arg(task.max_attempts)
+                .arg("ttl")
+                .arg(task.result_ttl.as_millis() as u64);
+            if task.priority != 0 {
+                command.arg("prio").arg(task.priority);
+            }
+        }
+        pipe.cmd("HINCRBY")
+            .arg(self.keys.queue_key(queue, crate::keys::STATS))
+            .arg("submitted")
+            .arg(group.len())
+            .ignore();
+        let pipe = &pipe;
+        let entries: Vec<String> = self
+            .resending(|| {
+                let mut con = self.con.clone();
+                async move { self.timed(pipe.query_async(&mut con)).await }
+            })
+            .await?;
+        if entries.len() != group.len() {
+            return Err(Error::Corrupt(format!(
+                "submit answered {} ids for {} tasks",
+                entries.len(),
+                group.len()
+            )));
+        }
+        Ok(entries
+            .into_iter()
+            .map(|local| Submitted {
+                id: TaskId::from_parts(queue, &local),
+                deduplicated: false,
+            })
+            .collect())
     }
 
     /// Adds `queue` to the set of known queues, once per process.

@@ -6,13 +6,15 @@ use std::time::Duration;
 
 use crate::Error;
 
-/// A task's id: `<queue>:<ulid>`. The queue part routes every lookup to the queue's keys (and
+/// A task's id: `<queue>:<local>`, where the local part is the task's stream entry id
+/// (`<ms>-<seq>`) for a task submitted to run now, or a ULID for one submitted to run later
+/// (it has a record before it has an entry). The queue part routes every lookup to the queue's keys (and
 /// so to its cluster slot) from the id alone.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct TaskId {
     /// The queue the task lives in.
     queue: String,
-    /// The ULID part, unique across queues and time-ordered.
+    /// The local part: a stream entry id or a ULID, unique within the queue.
     local: String,
 }
 
@@ -44,10 +46,10 @@ impl TaskId {
                 "must look like '<queue>:<id>' with a valid queue name",
             )
         })?;
-        if local.len() != 26 || !local.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        if !(is_ulid(local) || is_stream_id(local)) {
             return Err(Error::invalid(
                 "task_id",
-                "must end in a 26-character id after the queue name",
+                "must end in a 26-character id or a stream entry id after the queue name",
             ));
         }
         Ok(Self::from_parts(queue, local))
@@ -58,7 +60,7 @@ impl TaskId {
         &self.queue
     }
 
-    /// The ULID part, which names the task inside its queue's keys.
+    /// The local part (an entry id or a ULID), which names the task inside its queue's keys.
     pub fn local(&self) -> &str {
         &self.local
     }
@@ -68,6 +70,24 @@ impl fmt::Display for TaskId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}:{}", self.queue, self.local)
     }
+}
+
+/// A ULID: 26 letters and digits (the id of a task submitted to run later).
+fn is_ulid(local: &str) -> bool {
+    local.len() == 26 && local.bytes().all(|b| b.is_ascii_alphanumeric())
+}
+
+/// A stream entry id, `<ms>-<seq>` (the id of a task submitted to run now: its entry names it).
+fn is_stream_id(local: &str) -> bool {
+    let Some((ms, seq)) = local.split_once('-') else {
+        return false;
+    };
+    let number = |part: &str| {
+        (1..=20).contains(&part.len())
+            && part.bytes().all(|b| b.is_ascii_digit())
+            && part.parse::<u64>().is_ok()
+    };
+    number(ms) && number(seq)
 }
 
 /// Checks a queue name: 1 to `max_len` characters of `[A-Za-z0-9_-]`. The alphabet keeps names
@@ -361,6 +381,12 @@ pub struct ClaimedTask {
     /// Deliveries without an outcome, this one included. More than 1 means an earlier
     /// delivery ended with its executor gone (crashed, killed, or stalled past its lease).
     pub deliveries: u32,
+    /// The packed spec, as claimed: what the record of a task that had none is written with
+    /// when its outcome arrives (the fast path).
+    pub spec: Vec<u8>,
+    /// How long its finished record is kept, when the claim knew it (a task still without a
+    /// record: its entry said); `None` when the record holds it.
+    pub result_ttl: Option<Duration>,
 }
 
 /// What became of one attempt.
@@ -388,6 +414,12 @@ pub struct Completion {
     pub id: TaskId,
     /// The attempt's fencing token ([`ClaimedTask::fence`]).
     pub fence: u64,
+    /// [`ClaimedTask::spec`].
+    pub spec: Vec<u8>,
+    /// [`ClaimedTask::max_attempts`].
+    pub max_attempts: u32,
+    /// [`ClaimedTask::result_ttl`].
+    pub result_ttl: Option<Duration>,
     /// What became of it.
     pub outcome: Outcome,
 }

@@ -55,17 +55,28 @@ pub(crate) fn task_id(text: &str, config: &Config) -> Result<TaskId, Error> {
     if text.is_empty() {
         return Err(invalid("task_id", "is required"));
     }
-    // `<queue>:<26-character ulid>`.
-    if text.len() > config.max_queue_name_len.saturating_add(27) {
+    // `<queue>:<local>`, the local part a stream entry id (`<ms>-<seq>`, at most 41
+    // characters) or a 26-character ULID.
+    if text.len() > config.max_queue_name_len.saturating_add(42) {
         return Err(invalid(
             "task_id",
             format!(
-                "is too long: a queue name of at most {} characters, ':' and a 26-character id",
+                "is too long: a queue name of at most {} characters, ':' and an id of at most 41",
                 config.max_queue_name_len
             ),
         ));
     }
-    Ok(TaskId::parse(text)?)
+    let id = TaskId::parse(text)?;
+    if id.queue().len() > config.max_queue_name_len {
+        return Err(invalid(
+            "task_id",
+            format!(
+                "has a queue part longer than {} characters",
+                config.max_queue_name_len
+            ),
+        ));
+    }
+    Ok(id)
 }
 
 /// Largest list offset a page token may carry: far beyond any real list, and small enough

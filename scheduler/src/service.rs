@@ -231,11 +231,12 @@ impl pb::scheduler_server::Scheduler for SchedulerService {
             Self::allow(&who, Scope::Submit, task.id.queue())?;
             self.check_new_queues(std::iter::once(task.id.queue())).await?;
             let span = tracing::Span::current();
-            span.record("task_id", field::display(&task.id));
             span.record("queue", task.id.queue());
             span.record("task_type", task.task_type.as_str());
             let (queue, task_type) = (task.id.queue().to_owned(), task.task_type.clone());
             let submitted = self.batcher.submit(task).await.map_err(Error::from)?;
+            // The id is Redis's (a task due now is named after its stream entry).
+            span.record("task_id", field::display(&submitted.id));
             if !submitted.deduplicated {
                 self.metrics.submitted(&queue, &task_type, 1);
             }

@@ -393,8 +393,14 @@ async fn a_last_chance_task_does_not_park_unrelated_work() -> anyhow::Result<()>
     h.wait_state(long.id(), TaskState::Running, Duration::from_secs(10))
         .await;
     // A task whose earlier delivery ended with its executor gone: its next one is its last.
+    // (A task with a delay has a record from submit; one due now would get its record only
+    // when that earlier delivery was taken back.)
     h.client.pause("default").await?;
-    let last = h.client.submit(Sleep { ms: 100 }).await?;
+    let delayed = SubmitOptions {
+        delay: Some(Duration::from_millis(300)),
+        ..SubmitOptions::default()
+    };
+    let last = h.client.submit_with(Sleep { ms: 100 }, &delayed).await?;
     let _: () = redis::cmd("HSET")
         .arg(record_key(last.id()))
         .arg("dlv")
@@ -716,5 +722,101 @@ async fn results_and_errors_over_their_limits_are_not_stored_whole() -> anyhow::
         "{}",
         task.last_error
     );
+    Ok(())
+}
+
+/// The fast path under attack. A task due now has no record while it waits and runs: its
+/// stream entry carries it and names it, its lease is the entry's place in the group's pending
+/// list, and its fencing token is computed from the entry (the birth token). An executor that
+/// read such a task and died before writing anything (here a consumer that reads and claims it
+/// and then vanishes: exactly what a SIGKILLed executor leaves behind) loses it when its lease
+/// runs out: a real executor takes it back and runs attempt 2, and the dead executor's late
+/// outcome, replayed under the birth token, is refused and changes nothing.
+#[tokio::test]
+async fn a_task_without_a_record_is_taken_back_and_its_stale_outcome_refused() -> anyhow::Result<()>
+{
+    use tarefa_queue::{Completion, Outcome, Written};
+    let mut h = Harness::builder().executors(0).start().await?;
+    let handle = h.client.submit(Echo(serde_json::json!("real"))).await?;
+    let id = tarefa_queue::TaskId::parse(handle.id())?;
+    let broker =
+        tarefa_queue::Broker::new(tarefa_queue::BrokerConfig::new(h.redis.url().as_str()))?;
+    broker.ensure_group("default").await?;
+    let mut reader = broker.reader(Duration::from_millis(100))?;
+    let entries = reader.read("default", "ghost", 10).await?;
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    assert_eq!(entries[0].task, id.local(), "a birth entry names its task");
+    let claimed = broker.claim("default", "ghost", 5, &entries).await?;
+    let ghost = claimed.tasks.first().expect("the ghost claimed the task");
+    assert_eq!((ghost.attempt, ghost.deliveries), (1, 1));
+    let exists: i64 = redis::cmd("EXISTS")
+        .arg(record_key(handle.id()))
+        .query(&mut h.redis.connection())?;
+    assert_eq!(exists, 0, "a claimed fast-path task has no record");
+    let running = h.client.get(handle.id()).await?;
+    assert_eq!(running.state(), TaskState::Running);
+    assert_eq!(
+        (running.attempt, running.executor_id.as_str()),
+        (1, "ghost")
+    );
+
+    h.add_executor(&["--lease-ms", "1000"])?;
+    let task = h.wait_final(handle.id(), Duration::from_secs(30)).await;
+    assert_eq!(task.state(), TaskState::Succeeded, "{:?}", task.errors);
+    assert_eq!(task.attempt, 2, "{:?}", task.errors);
+    assert_eq!(task.result, b"\"real\"");
+    assert!(
+        task.errors
+            .first()
+            .is_some_and(|e| e.message.contains("lease expired") && e.message.contains("ghost")),
+        "{:?}",
+        task.errors
+    );
+
+    let late = Completion {
+        id: id.clone(),
+        fence: ghost.fence,
+        spec: ghost.spec.clone(),
+        max_attempts: ghost.max_attempts,
+        result_ttl: ghost.result_ttl,
+        outcome: Outcome::Succeeded(b"\"ghost\"".to_vec()),
+    };
+    let written = broker.complete("ghost", &[&late]).await;
+    assert!(
+        matches!(written.as_slice(), [Ok(Written::Fenced)]),
+        "{written:?}"
+    );
+    let after = h.client.get(handle.id()).await?;
+    assert_eq!(
+        after.result, b"\"real\"",
+        "the stale outcome changed nothing"
+    );
+    assert_eq!(after.attempt, 2);
+    Ok(())
+}
+
+/// Cancelling a fast-path task: while it waits it is CANCELLED at once and never runs; while
+/// it runs (before anything wrote its record) its executor hears of it at the next heartbeat
+/// and stops it.
+#[tokio::test]
+async fn a_task_without_a_record_can_be_cancelled_waiting_and_running() -> anyhow::Result<()> {
+    let mut h = Harness::builder().executors(0).start().await?;
+    let waiting = h.client.submit(Sleep { ms: 1 }).await?;
+    let cancelled = h.client.cancel(waiting.id()).await?;
+    assert_eq!(cancelled.state(), TaskState::Cancelled);
+    let running = h.client.submit(Sleep { ms: 20_000 }).await?;
+    h.add_executor(&[])?;
+    h.wait_state(running.id(), TaskState::Running, Duration::from_secs(10))
+        .await;
+    h.client.cancel(running.id()).await?;
+    let task = h.wait_final(running.id(), Duration::from_secs(10)).await;
+    assert_eq!(task.state(), TaskState::Cancelled, "{:?}", task.errors);
+    let again = h.client.get(waiting.id()).await?;
+    assert_eq!(
+        again.state(),
+        TaskState::Cancelled,
+        "the waiting one never ran"
+    );
+    assert_eq!(again.attempt, 0);
     Ok(())
 }

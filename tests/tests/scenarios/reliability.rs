@@ -644,18 +644,32 @@ async fn reconciler_repairs_lost_indexes() -> anyhow::Result<()> {
     let running = h.client.submit(Sleep { ms: 3000 }).await?;
     h.wait_state(running.id(), TaskState::Running, Duration::from_secs(10))
         .await;
-    h.executors[0].kill();
     let local = running
         .id()
         .split_once(':')
         .map(|(_, l)| l.to_owned())
         .expect("id");
+    // A task submitted to run now has no record until something happens to it besides its
+    // claim (the fast path); its executor's first heartbeat writes one. The damage repaired
+    // here is a RUNNING record that lost its lease.
+    let record = format!("tarefa:{{default}}:t:{local}");
+    let entry: String = eventually(
+        "the running task's record (written by its executor's heartbeat)",
+        Duration::from_secs(10),
+        || {
+            let entry: Option<String> = redis::cmd("HGET")
+                .arg(&record)
+                .arg("entry")
+                .query(&mut h.redis.connection())
+                .ok()
+                .flatten();
+            async move { entry }
+        },
+    )
+    .await;
+    h.executors[0].kill();
     // A lease is the entry's place in the consumer group's pending list: acknowledge the entry
     // behind the executor's back and nothing would ever reclaim the task.
-    let entry: String = redis::cmd("HGET")
-        .arg(format!("tarefa:{{default}}:t:{local}"))
-        .arg("entry")
-        .query(&mut con)?;
     let removed: i64 = redis::cmd("XACK")
         .arg("tarefa:{default}:stream")
         .arg("executors")
