@@ -29,6 +29,7 @@ from tarefa.app import App, Task, default_app, task
 from tarefa.client import (
     Backoff,
     Client,
+    SubmitFuture,
     TaskFailed,
     TaskHandle,
     decode_result,
@@ -77,6 +78,7 @@ __all__ = [
     "PermissionDenied",
     "ResourceExhausted",
     "Retry",
+    "SubmitFuture",
     "Task",
     "TarefaError",
     "TaskFailed",

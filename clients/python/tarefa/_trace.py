@@ -19,7 +19,10 @@ except ImportError:  # pragma: no cover
 
 def outgoing_metadata() -> Optional[list[tuple[str, str]]]:
     """gRPC metadata carrying the current span's ``traceparent``, if OpenTelemetry is active."""
-    if _propagate is None:
+    if _propagate is None or _trace is None:
+        return None
+    # Nothing to send outside a span: skip the propagators (a few microseconds per call).
+    if not _trace.get_current_span().get_span_context().is_valid:
         return None
     carrier: dict[str, str] = {}
     _propagate.inject(carrier)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import time
-from typing import Any, AsyncIterator, Mapping, Optional, Union
+from typing import Any, AsyncIterator, Iterable, Mapping, Optional, Union
 
 import grpc
 
@@ -167,9 +167,14 @@ class AsyncClient:
         response = await self._unary("SubmitTask", request)
         return AsyncTaskHandle(self, response.task_id, response.deduplicated)
 
-    async def submit_many(self, requests: list[pb.SubmitTaskRequest]) -> list[AsyncTaskHandle]:
-        """Enqueues many tasks (built with :meth:`tarefa.Client.request`) in one call."""
-        response = await self._unary("SubmitTasks", pb.SubmitTasksRequest(tasks=requests))
+    async def submit_many(self, requests: Iterable[pb.SubmitTaskRequest]) -> list[AsyncTaskHandle]:
+        """Enqueues many tasks (built with :meth:`tarefa.Client.request`) in one call, all or
+        none; see :meth:`tarefa.Client.submit_many`. Many single submits in flight at once
+        need nothing more than ``asyncio.gather(*(client.submit(...) for ...))``."""
+        batch = pb.SubmitTasksRequest(tasks=requests)
+        if not batch.tasks:
+            return []
+        response = await self._unary("SubmitTasks", batch)
         return [AsyncTaskHandle(self, r.task_id, r.deduplicated) for r in response.tasks]
 
     def handle(self, task_id: str) -> AsyncTaskHandle:

@@ -652,3 +652,171 @@ async fn a_bad_handler_flag_stops_the_executor_at_start_up() {
         "{stderr}"
     );
 }
+
+/// The producer's batch and non-blocking submits: `submit_many` (one `SubmitTasks`), and
+/// `submit_nowait` futures kept in flight by one thread, with errors as `tarefa` exceptions.
+const BATCH_AND_NOWAIT_PRODUCER: &str = r#"
+import json
+import sys
+import threading
+
+import grpc
+import tarefa
+
+scheduler, down = sys.argv[1], sys.argv[2]
+out = {}
+client = tarefa.Client(scheduler)
+
+# submit_many: one call, handles in order; every task runs.
+handles = client.submit_many(client.request("echo", {"i": i}) for i in range(50))
+out["many_ids"] = [h.id for h in handles]
+out["many_results"] = [h.wait(timeout=120)["i"] for h in handles]
+out["many_empty"] = client.submit_many([])
+
+# One bad task fails the whole batch, naming it; the batch limit (--max-batch 60 here).
+try:
+    client.submit_many([client.request("echo", {"ok": True}, queue="all_or_none"),
+                        client.request("bad type!", {}, queue="all_or_none")])
+    out["many_invalid"] = "accepted"
+except tarefa.InvalidArgument as error:
+    out["many_invalid"] = error.details()
+try:
+    client.submit_many([client.request("echo", i) for i in range(61)])
+    out["many_too_big"] = "accepted"
+except tarefa.ResourceExhausted as error:
+    out["many_too_big"] = error.details()
+
+# submit_nowait: 500 submits in flight from this one thread, resolved in order.
+futures = [client.submit_nowait("echo", {"n": n}) for n in range(500)]
+nowait = [f.result(timeout=60) for f in futures]
+out["nowait_ids"] = [h.id for h in nowait]
+out["nowait_types"] = sorted({type(h).__name__ for h in nowait})
+out["nowait_done"] = all(f.done() for f in futures)
+out["nowait_results"] = [nowait[n].wait(timeout=120)["n"] for n in (0, 249, 499)]
+
+# A refused submit: the future holds the package's exception, like the blocking call.
+bad = client.submit_nowait("echo", {}, queue="no spaces allowed")
+try:
+    bad.result(timeout=60)
+    out["nowait_invalid"] = "accepted"
+except tarefa.InvalidArgument as error:
+    out["nowait_invalid"] = {
+        "details": error.details(),
+        "rpc_error": isinstance(error, grpc.RpcError),
+        "code": error.code().name,
+    }
+out["nowait_exception"] = type(bad.exception()).__name__
+try:
+    client.submit("echo", {}, queue="no spaces allowed")
+except tarefa.InvalidArgument as error:
+    out["blocking_invalid"] = error.details()
+
+# Callbacks run once the answer is in; an already finished future calls back at once.
+called = threading.Event()
+client.submit_nowait("echo", "callback").add_done_callback(lambda f: called.set())
+out["callback"] = called.wait(60)
+late = []
+bad.add_done_callback(lambda f: late.append(type(f.exception()).__name__))
+out["late_callback"] = late
+
+# A batch in flight, too.
+batch = client.submit_many_nowait(client.request("echo", {"b": b}) for b in range(5))
+out["many_nowait"] = [h.wait(timeout=120)["b"] for h in batch.result(timeout=60)]
+
+# Nothing listening: Unavailable through the future, as from the blocking call.
+with tarefa.Client(down, timeout=5) as nobody:
+    try:
+        nobody.submit_nowait("echo", {}).result(timeout=60)
+        out["down"] = "accepted"
+    except tarefa.Unavailable as error:
+        out["down"] = type(error).__name__
+client.close()
+print(json.dumps(out))
+"#;
+
+#[tokio::test]
+async fn python_submit_many_and_nowait_submits() -> anyhow::Result<()> {
+    let python = venv_python().await;
+    let dir = tempfile::tempdir()?;
+    let script = dir.path().join("batch_and_nowait.py");
+    std::fs::write(&script, BATCH_AND_NOWAIT_PRODUCER)?;
+    let h = Harness::builder()
+        .scheduler_args(&["--max-batch", "60"])
+        .executor_args(&["--concurrency", "32"])
+        .start()
+        .await?;
+    let scheduler = h
+        .scheduler
+        .endpoint
+        .trim_start_matches("http://")
+        .to_owned();
+    let down = format!("127.0.0.1:{}", free_port());
+    let output = run_python(
+        &python,
+        &[script.to_str().expect("utf-8"), &scheduler, &down],
+        Duration::from_secs(180),
+    )
+    .await;
+    let out: Value = serde_json::from_str(output.trim())
+        .unwrap_or_else(|e| panic!("producer output is not JSON ({e}): {output}"));
+
+    let ids = |key: &str| -> Vec<String> {
+        out[key]
+            .as_array()
+            .unwrap_or_else(|| panic!("{key}: {out}"))
+            .iter()
+            .map(|id| id.as_str().expect("an id").to_owned())
+            .collect()
+    };
+    let many = ids("many_ids");
+    assert_eq!(many.len(), 50);
+    assert_eq!(
+        out["many_results"],
+        serde_json::json!((0..50).collect::<Vec<_>>())
+    );
+    assert_eq!(out["many_empty"], serde_json::json!([]));
+    for id in [&many[0], &many[49]] {
+        let task = h.client.get(id).await?;
+        assert_eq!(task.state(), TaskState::Succeeded, "{task:?}");
+        assert_eq!(task.task_type, "echo");
+    }
+    let invalid = out["many_invalid"].as_str().expect("a refusal");
+    assert!(invalid.contains("tasks[1].task_type"), "{invalid}");
+    let queues = h.client.list_queues().await?;
+    assert!(
+        queues
+            .iter()
+            .all(|q| q.name != "all_or_none" || q.submitted_total == 0),
+        "a refused batch enqueued nothing: {queues:?}"
+    );
+    let too_big = out["many_too_big"].as_str().expect("a refusal");
+    assert!(too_big.contains("the limit is 60"), "{too_big}");
+
+    let nowait = ids("nowait_ids");
+    assert_eq!(nowait.len(), 500);
+    let distinct: std::collections::HashSet<_> = nowait.iter().collect();
+    assert_eq!(distinct.len(), 500, "one task per submit");
+    assert_eq!(out["nowait_types"], serde_json::json!(["TaskHandle"]));
+    assert_eq!(out["nowait_done"], true);
+    assert_eq!(out["nowait_results"], serde_json::json!([0, 249, 499]));
+    for id in [&nowait[0], &nowait[499]] {
+        let task = h.client.get(id).await?;
+        assert_eq!(task.state(), TaskState::Succeeded, "{task:?}");
+    }
+
+    let refused = &out["nowait_invalid"];
+    assert_eq!(refused["rpc_error"], true, "{refused}");
+    assert_eq!(refused["code"], "INVALID_ARGUMENT", "{refused}");
+    let details = refused["details"].as_str().expect("details");
+    assert!(details.contains("queue"), "{details}");
+    assert_eq!(
+        out["blocking_invalid"], refused["details"],
+        "the same error both ways"
+    );
+    assert_eq!(out["nowait_exception"], "InvalidArgument");
+    assert_eq!(out["callback"], true);
+    assert_eq!(out["late_callback"], serde_json::json!(["InvalidArgument"]));
+    assert_eq!(out["many_nowait"], serde_json::json!([0, 1, 2, 3, 4]));
+    assert_eq!(out["down"], "Unavailable");
+    Ok(())
+}
