@@ -1255,6 +1255,120 @@ async fn a_watch_sends_the_payload_once() -> anyhow::Result<()> {
     let last = messages.last().context("no message")?;
     assert_eq!(last.state(), pb::TaskState::Succeeded);
     assert!(!last.result.is_empty());
+    // The result goes with the final message only: once per watch.
+    assert!(
+        messages[..messages.len() - 1]
+            .iter()
+            .all(|t| t.result.is_empty()),
+        "the result was sent before the final message"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_watch_over_the_message_limit_says_why() -> anyhow::Result<()> {
+    use futures::StreamExt as _;
+    // Answers of at most 64 KiB; a task's payload may be 48 KiB, and an executor stores
+    // results of up to 2 MiB (its default), so a task can outgrow what the scheduler sends.
+    let mut h = Harness::builder()
+        .executors(0)
+        .scheduler_args(&[
+            "--max-request-bytes",
+            "65536",
+            "--max-payload-bytes",
+            "49152",
+        ])
+        .start()
+        .await?;
+    // An echo of 40 KB: its payload and result together (80 KB) are over the limit.
+    let echo = h
+        .client
+        .submit_raw(pb::SubmitTaskRequest {
+            task_type: "echo".to_owned(),
+            payload: format!("\"{}\"", "e".repeat(40_000)).into_bytes(),
+            ..Default::default()
+        })
+        .await?;
+    // F(400 000) has 83 595 digits: a result over the limit on its own, from a tiny payload.
+    let fib = h
+        .client
+        .submit_raw(pb::SubmitTaskRequest {
+            task_type: "fib".to_owned(),
+            payload: br#"{"n": 400000}"#.to_vec(),
+            ..Default::default()
+        })
+        .await?;
+    // Watched while it waits (no executor yet): the first message fits.
+    let mut fib_watch = h.client.watch(&fib.task_id).await?;
+    let first = fib_watch.next().await.context("no first message")??;
+    assert_eq!(first.state(), pb::TaskState::Queued);
+
+    h.add_executor(&[])?;
+    // The stream then says why it cannot send the final state, and ends (it failed in the
+    // transport before, with OUT_OF_RANGE or a broken stream).
+    let mut refusal = None;
+    while let Some(item) = fib_watch.next().await {
+        match item {
+            Ok(task) => assert!(
+                !task.state.eq(&(pb::TaskState::Succeeded as i32)),
+                "an over-limit final message was sent"
+            ),
+            Err(error) => {
+                refusal = Some(error);
+                break;
+            }
+        }
+    }
+    let refusal = refusal.context("the watch ended without saying why")?;
+    assert_eq!(refusal.code(), Some(Code::ResourceExhausted), "{refusal}");
+    let text = refusal.to_string();
+    assert!(
+        text.contains("--max-request-bytes") && text.contains("SUCCEEDED"),
+        "{text}"
+    );
+    assert!(fib_watch.next().await.is_none(), "the stream went on");
+    // The typed wait hears the same, instead of waiting for ever.
+    let waited = h.client.wait(&fib.task_id).await;
+    assert_eq!(
+        waited.err().and_then(|e| e.code()),
+        Some(Code::ResourceExhausted)
+    );
+
+    // A finished task too big to send whole: GetTask and WatchTask both refuse it up front.
+    // (GetTask answers while the task is small, and refuses it once its result is stored.)
+    let refused = eventually(
+        "the echo's result to be stored",
+        Duration::from_secs(60),
+        || {
+            let client = h.client.clone();
+            let task_id = echo.task_id.clone();
+            async move { client.get(&task_id).await.err() }
+        },
+    )
+    .await;
+    assert_eq!(refused.code(), Some(Code::ResourceExhausted), "{refused}");
+    assert!(
+        refused.to_string().contains("--max-request-bytes"),
+        "{refused}"
+    );
+    let watched = h.client.watch(&echo.task_id).await.err();
+    let watched = watched.context("an over-limit watch was opened")?;
+    assert_eq!(watched.code(), Some(Code::ResourceExhausted));
+    assert!(
+        watched
+            .to_string()
+            .contains("SUCCEEDED, with a 40002-byte payload"),
+        "{watched}"
+    );
+
+    // The scheduler goes on serving watches that fit.
+    let small = h
+        .client
+        .submit(tarefa_client::builtin::Fib { n: 90 })
+        .await?
+        .wait()
+        .await?;
+    assert_eq!(small, "2880067194370816120");
     Ok(())
 }
 
