@@ -723,7 +723,7 @@ mod tests {
         let only = watch_message(&task, true, true, 1024).unwrap();
         assert_eq!((only.payload.len(), only.result.len()), (100, 100));
 
-        let refused = watch_message(&task, false, true, 150).unwrap_err();
+        let refused = watch_message(&task, false, true, 120).unwrap_err();
         assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
         for part in [
             "--max-request-bytes",
