@@ -79,8 +79,10 @@ pub struct Config {
     #[arg(long, env = "TAREFA_ENABLE_CRASH_HANDLER", default_value_t = false)]
     pub enable_crash_handler: bool,
     /// Task types run by a remote handler in any language: `TYPE=grpc://HOST:PORT` (the
-    /// `tarefa.v1.TaskHandler` service) or `TYPE=http://HOST:PORT/PATH` (a POST per attempt).
-    /// Repeat the flag, or separate with commas. Replaces a built-in handler of the same type.
+    /// `tarefa.v1.TaskHandler` service) or `TYPE=http://HOST:PORT/PATH` (a POST per attempt);
+    /// `grpcs://` and `https://` for TLS (CA file: TAREFA_HANDLER_CA_CERT, else the system
+    /// roots). Repeat the flag, or separate with commas. Replaces a built-in handler of the
+    /// same type.
     #[arg(
         long = "handler",
         value_name = "TYPE=URL",

@@ -9,6 +9,7 @@
 //!   in its metadata. SUCCESS (or UNSPECIFIED) is the result, RETRY a failed attempt (after
 //!   `retry_after_ms` when set), FAIL a permanent failure. A gRPC error status or an unreachable
 //!   service is a failed attempt that is retried.
+//! - `fib=grpcs://handlers.internal:50061`: the same over TLS.
 //! - `resize=http://127.0.0.1:8080/tasks/resize`: the executor POSTs the payload with the
 //!   headers `content-type`, `tarefa-task-id`, `tarefa-attempt`, `tarefa-fencing-token`,
 //!   `tarefa-max-attempts`,
@@ -16,14 +17,21 @@
 //!   body is the result; 408 and 429 are retried, any other 4xx is a permanent failure (the
 //!   request itself is wrong); 5xx, a timeout or a connection error is retried. On 429 and 503
 //!   a `Retry-After` of whole seconds replaces the backoff.
+//! - `resize=https://handlers.internal/tasks/resize`: the same over TLS.
+//!
+//! TLS (rustls, for `grpcs://` and `https://`) trusts the system's roots, or only the CA
+//! certificates in the PEM file named by `TAREFA_HANDLER_CA_CERT`; the certificate must be
+//! valid for the URL's host.
 //!
 //! Connections are made lazily and reused: one gRPC channel (one HTTP/2 connection) per target,
 //! and one pooled HTTP/1.1 client for every HTTP target.
 
 use std::collections::HashMap;
 use std::fmt;
+use std::pin::Pin;
 use std::str::FromStr;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -33,8 +41,10 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::header::{CONTENT_TYPE, HeaderName, HeaderValue, RETRY_AFTER};
 use hyper::{Method, StatusCode, Uri};
 use hyper_util::client::legacy::Client as HttpClient;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls_pki_types::pem::PemObject as _;
+use rustls_pki_types::{CertificateDer, ServerName};
 use tarefa_proto::task_handler_client::TaskHandlerClient;
 use tarefa_proto::{ExecuteOutcome, ExecuteRequest, ExecuteResponse};
 use tonic::transport::{Channel, Endpoint};
@@ -73,9 +83,10 @@ impl SpecError {
 /// How a remote handler is reached.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Transport {
-    /// `tarefa.v1.TaskHandler/Execute` over gRPC (HTTP/2, plaintext).
+    /// `tarefa.v1.TaskHandler/Execute` over gRPC (HTTP/2): plaintext for `grpc://`, TLS for
+    /// `grpcs://`.
     Grpc,
-    /// `POST` of the payload over HTTP/1.1 (plaintext).
+    /// `POST` of the payload over HTTP/1.1: plaintext for `http://`, TLS for `https://`.
     Http,
 }
 
@@ -93,7 +104,7 @@ pub struct HandlerSpec {
 impl FromStr for HandlerSpec {
     type Err = SpecError;
 
-    /// Parses `TYPE=grpc://HOST:PORT` or `TYPE=http://HOST:PORT/PATH`.
+    /// Parses `TYPE=grpc[s]://HOST:PORT` or `TYPE=http[s]://HOST[:PORT]/PATH`.
     fn from_str(spec: &str) -> Result<Self, Self::Err> {
         let spec = spec.trim();
         let Some((task_type, url)) = spec.split_once('=') else {
@@ -138,17 +149,11 @@ impl FromStr for HandlerSpec {
                 }
                 Transport::Grpc
             }
-            Some("http") => Transport::Http,
-            Some("https") => {
-                return Err(SpecError::new(
-                    spec,
-                    "https:// is not supported yet: use a grpcs:// handler, or put the HTTP handler behind a TLS-terminating sidecar",
-                ));
-            }
+            Some("http" | "https") => Transport::Http,
             _ => {
                 return Err(SpecError::new(
                     spec,
-                    "the URL must start with grpc:// or http://",
+                    "the URL must start with grpc://, grpcs://, http:// or https://",
                 ));
             }
         };
@@ -172,6 +177,11 @@ impl fmt::Display for HandlerSpec {
 pub fn register(registry: &mut Registry, specs: &[HandlerSpec]) -> Result<(), SpecError> {
     let mut channels: HashMap<&str, Channel> = HashMap::new();
     let mut http_client: Option<PooledHttpClient> = None;
+    // Read the CA file once, and only when some HTTP handler speaks TLS.
+    let https_spec = specs
+        .iter()
+        .find(|spec| spec.transport == Transport::Http && is_https(&spec.url));
+    let https = https_spec.map(handler_tls).transpose()?;
     for spec in specs {
         let handler: Arc<dyn Handler> = match spec.transport {
             Transport::Grpc => {
@@ -186,7 +196,9 @@ pub fn register(registry: &mut Registry, specs: &[HandlerSpec]) -> Result<(), Sp
                 Arc::new(GrpcHandler::from_channel(&spec.url, channel))
             }
             Transport::Http => {
-                let client = http_client.get_or_insert_with(pooled_http_client).clone();
+                let client = http_client
+                    .get_or_insert_with(|| pooled_http_client(https.clone()))
+                    .clone();
                 Arc::new(HttpHandler::with_client(spec, client)?)
             }
         };
@@ -196,9 +208,64 @@ pub fn register(registry: &mut Registry, specs: &[HandlerSpec]) -> Result<(), Sp
     Ok(())
 }
 
-/// PEM CA certificate(s) that `grpcs://` handlers' certificates must chain to, when not a
-/// system root.
+/// PEM CA certificate(s) that `grpcs://` and `https://` handlers' certificates must chain to,
+/// instead of the system's roots.
 pub const ENV_HANDLER_CA_CERT: &str = "TAREFA_HANDLER_CA_CERT";
+
+/// The CA file named by `TAREFA_HANDLER_CA_CERT`, if set.
+fn handler_ca_file() -> Option<std::ffi::OsString> {
+    std::env::var_os(ENV_HANDLER_CA_CERT).filter(|v| !v.is_empty())
+}
+
+fn is_https(url: &str) -> bool {
+    url.get(..8)
+        .is_some_and(|scheme| scheme.eq_ignore_ascii_case("https://"))
+}
+
+/// The TLS connector of `https://` handlers: rustls (TLS 1.2/1.3, HTTP/1.1 by ALPN) trusting
+/// the CA certificates in `TAREFA_HANDLER_CA_CERT`, or the system's roots without it, as
+/// `grpcs://` handlers do.
+fn handler_tls(spec: &HandlerSpec) -> Result<tokio_rustls::TlsConnector, SpecError> {
+    let fail = |reason: String| SpecError::new(&spec.to_string(), reason);
+    let mut roots = rustls::RootCertStore::empty();
+    match handler_ca_file() {
+        Some(path) => {
+            let shown = path.to_string_lossy().into_owned();
+            let pem = std::fs::read(&path)
+                .map_err(|e| fail(format!("{ENV_HANDLER_CA_CERT} {shown}: {e}")))?;
+            for certificate in CertificateDer::pem_slice_iter(&pem) {
+                let certificate =
+                    certificate.map_err(|e| fail(format!("{ENV_HANDLER_CA_CERT} {shown}: {e}")))?;
+                roots
+                    .add(certificate)
+                    .map_err(|e| fail(format!("{ENV_HANDLER_CA_CERT} {shown}: {e}")))?;
+            }
+            if roots.is_empty() {
+                return Err(fail(format!(
+                    "{ENV_HANDLER_CA_CERT} {shown} holds no PEM certificate"
+                )));
+            }
+        }
+        None => {
+            let native = rustls_native_certs::load_native_certs();
+            for error in &native.errors {
+                tracing::warn!(%error, "a system root certificate could not be read");
+            }
+            let (_, ignored) = roots.add_parsable_certificates(native.certs);
+            if ignored > 0 {
+                tracing::warn!(ignored, "system root certificates ignored (unparsable)");
+            }
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| fail(format!("TLS: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
+}
 
 fn grpc_channel(spec: &HandlerSpec) -> Result<Channel, SpecError> {
     let bad =
@@ -206,7 +273,7 @@ fn grpc_channel(spec: &HandlerSpec) -> Result<Channel, SpecError> {
     let mut endpoint = if let Some(rest) = spec.url.strip_prefix("grpcs://") {
         // TLS (rustls): the system's roots, or the CA in TAREFA_HANDLER_CA_CERT.
         let mut tls = tonic::transport::ClientTlsConfig::new();
-        tls = match std::env::var_os(ENV_HANDLER_CA_CERT).filter(|v| !v.is_empty()) {
+        tls = match handler_ca_file() {
             Some(path) => {
                 let pem = std::fs::read(&path).map_err(|e| {
                     SpecError::new(
@@ -389,15 +456,142 @@ impl GrpcHandler {
 }
 
 /// The pooled HTTP/1.1 client shared by HTTP handlers.
-type PooledHttpClient = HttpClient<HttpConnector, Full<Bytes>>;
+type PooledHttpClient = HttpClient<HandlerConnector, Full<Bytes>>;
 
-fn pooled_http_client() -> PooledHttpClient {
-    let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
-    connector.set_nodelay(true);
+/// `tls` is the connector of `https://` targets; without it they fail to connect, saying why.
+fn pooled_http_client(tls: Option<tokio_rustls::TlsConnector>) -> PooledHttpClient {
+    let mut tcp = HttpConnector::new();
+    tcp.set_connect_timeout(Some(CONNECT_TIMEOUT));
+    tcp.set_nodelay(true);
+    // `https://` URIs too: the TLS is ours, over this connector's TCP stream.
+    tcp.enforce_http(false);
     HttpClient::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(30))
-        .build(connector)
+        .build(HandlerConnector { tcp, tls })
+}
+
+/// Opens HTTP handlers' connections: TCP for `http://`, TLS over TCP for `https://`. (The
+/// pool keys connections by scheme and authority, so the two never mix.)
+#[derive(Clone)]
+struct HandlerConnector {
+    /// Resolves and connects, with the connect timeout.
+    tcp: HttpConnector,
+    /// rustls for `https://` targets, when one is configured.
+    tls: Option<tokio_rustls::TlsConnector>,
+}
+
+impl fmt::Debug for HandlerConnector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HandlerConnector")
+            .field("tls", &self.tls.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl tower::Service<Uri> for HandlerConnector {
+    type Response = TokioIo<HandlerStream>;
+    type Error = BoxError;
+    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.tcp.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let https = uri
+            .scheme_str()
+            .is_some_and(|scheme| scheme.eq_ignore_ascii_case("https"));
+        let tls = self.tls.clone();
+        let connecting = self.tcp.call(uri.clone());
+        Box::pin(async move {
+            let tcp = connecting.await?.into_inner();
+            if !https {
+                return Ok(TokioIo::new(HandlerStream::Plain(tcp)));
+            }
+            let tls = tls.ok_or("no TLS configured for https:// handlers")?;
+            // `[::1]` in a URI is the address `::1` to TLS.
+            let host = uri.host().unwrap_or_default();
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            let server_name = ServerName::try_from(host.to_owned())
+                .map_err(|e| format!("{host:?} cannot be checked against a certificate: {e}"))?;
+            let stream = tokio::time::timeout(CONNECT_TIMEOUT, tls.connect(server_name, tcp))
+                .await
+                .map_err(|_| {
+                    format!(
+                        "the TLS handshake took longer than {} s",
+                        CONNECT_TIMEOUT.as_secs()
+                    )
+                })?
+                .map_err(|e| format!("TLS handshake: {e}"))?;
+            Ok(TokioIo::new(HandlerStream::Tls(Box::new(stream))))
+        })
+    }
+}
+
+/// A connection to an HTTP handler, plain or TLS.
+#[derive(Debug)]
+enum HandlerStream {
+    /// `http://`.
+    Plain(tokio::net::TcpStream),
+    /// `https://` (boxed: a TLS session is large).
+    Tls(Box<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>),
+}
+
+impl Connection for HandlerStream {
+    fn connected(&self) -> Connected {
+        match self {
+            Self::Plain(tcp) => tcp.connected(),
+            Self::Tls(tls) => tls.get_ref().0.connected(),
+        }
+    }
+}
+
+impl tokio::io::AsyncRead for HandlerStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(tcp) => Pin::new(tcp).poll_read(cx, buf),
+            Self::Tls(tls) => Pin::new(tls.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for HandlerStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Self::Plain(tcp) => Pin::new(tcp).poll_write(cx, buf),
+            Self::Tls(tls) => Pin::new(tls.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(tcp) => Pin::new(tcp).poll_flush(cx),
+            Self::Tls(tls) => Pin::new(tls.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(tcp) => Pin::new(tcp).poll_shutdown(cx),
+            Self::Tls(tls) => Pin::new(tls.as_mut()).poll_shutdown(cx),
+        }
+    }
 }
 
 /// A handler reached over HTTP: POSTs the payload once per attempt.
@@ -410,15 +604,21 @@ pub struct HttpHandler {
 }
 
 impl HttpHandler {
-    /// A handler at `http://HOST:PORT/PATH` with its own connection pool.
+    /// A handler at `http[s]://HOST:PORT/PATH` with its own connection pool.
     pub fn new(url: &str) -> Result<Self, SpecError> {
         let spec: HandlerSpec = format!("remote={url}").parse()?;
-        Self::with_client(&spec, pooled_http_client())
+        let tls = is_https(&spec.url)
+            .then(|| handler_tls(&spec))
+            .transpose()?;
+        Self::with_client(&spec, pooled_http_client(tls))
     }
 
     fn with_client(spec: &HandlerSpec, client: PooledHttpClient) -> Result<Self, SpecError> {
         if spec.transport != Transport::Http {
-            return Err(SpecError::new(&spec.to_string(), "expected an http:// URL"));
+            return Err(SpecError::new(
+                &spec.to_string(),
+                "expected an http:// or https:// URL",
+            ));
         }
         let uri = spec
             .url
@@ -594,15 +794,17 @@ mod tests {
         assert_eq!(http.task_type, "images.resize");
         assert_eq!(http.url, "http://localhost:8080/tasks/resize");
         assert_eq!(http.transport, Transport::Http);
+        let https: HandlerSpec = "resize=https://handlers.internal/resize".parse().unwrap();
+        assert_eq!(https.transport, Transport::Http);
+        assert!(is_https(&https.url) && is_https("HTTPS://h/p") && !is_https(&http.url));
         for (bad, why) in [
             ("wordcount", "TYPE=URL"),
             ("=grpc://h:1", "task type"),
             ("has space=grpc://h:1", "task type"),
             ("*=grpc://h:1", "catch-all"),
-            ("x=ftp://h:1", "grpc:// or http://"),
+            ("x=ftp://h:1", "grpc://, grpcs://, http:// or https://"),
             ("x=grpc://h", "port"),
             ("x=grpc://h:1/path", "without a path"),
-            ("x=https://h/p", "not supported"),
             ("x=grpcs://h", "port"),
             ("x=not a url", "does not parse"),
         ] {

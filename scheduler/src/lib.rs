@@ -5,6 +5,7 @@
 //! - `config`: flags and environment.
 //! - `auth`: tokens, scopes, sessions, certificate identities: who may do what.
 //! - `guard`: the gRPC port's gate (a tower layer) over `auth`.
+//! - `budget`: the gRPC port's bound on request bytes held at once (a tower layer).
 //! - `tls`: rustls configuration from files, reloaded on SIGHUP or change.
 //! - `net`: accepting connections on both ports (limits, TLS handshakes, peer identity).
 //! - `convert`: validation and proto <-> domain conversion, at the boundary.
@@ -17,6 +18,7 @@
 //! [`run`] is the entry point for the binary, `tarefa dev` and the tests alike.
 
 pub mod auth;
+mod budget;
 pub mod config;
 mod convert;
 mod dashboard;
@@ -136,6 +138,11 @@ pub async fn run(
         .http2_keepalive_interval(keepalive)
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .layer(guard::GuardLayer::new(auth, metrics))
+        .layer(budget::BudgetLayer::new(
+            config
+                .max_submit_inflight_bytes
+                .max(config.max_request_bytes),
+        ))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(scheduler)

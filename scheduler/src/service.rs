@@ -51,6 +51,56 @@ pub struct SchedulerService {
     known_queues: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
 }
 
+/// A clear RESOURCE_EXHAUSTED instead of the transport's OUT_OF_RANGE (or, inside a stream, a
+/// broken stream) when an answer would be larger than `limit` (`--max-request-bytes`).
+fn fits(
+    limit: usize,
+    message: &impl prost::Message,
+    field: &str,
+    advice: &str,
+) -> Result<(), Status> {
+    let size = message.encoded_len();
+    if size <= limit {
+        return Ok(());
+    }
+    let error = Error::ResourceExhausted {
+        field: field.to_owned(),
+        reason: format!(
+            "the answer would be {size} bytes, over the {limit} the scheduler sends (scheduler \
+             flag --max-request-bytes); {advice}"
+        ),
+    };
+    Err(error.into())
+}
+
+/// What a watch sends for `task`, `first` if it is the stream's first message and `done` if
+/// its last. The payload goes with the first message only (it never changes) and the result
+/// with the final one only (the stream ends there), so a watch sends each once. A message
+/// over `limit` is a RESOURCE_EXHAUSTED saying why, in place of the message.
+fn watch_message(
+    task: &pb::Task,
+    first: bool,
+    done: bool,
+    limit: usize,
+) -> Result<pb::Task, Status> {
+    let mut message = task.clone();
+    if !first {
+        message.payload = Vec::new();
+    }
+    if !done {
+        message.result = Vec::new();
+    }
+    let advice = format!(
+        "the task is {}, with a {}-byte payload and a {}-byte result: raise the limit, or keep \
+         results small (executor flag --max-result-bytes) and payloads small \
+         (--max-payload-bytes)",
+        task.state().as_str_name().trim_start_matches("TASK_STATE_"),
+        task.payload.len(),
+        task.result.len(),
+    );
+    fits(limit, &message, "task_id", &advice).map(|()| message)
+}
+
 /// "ok" or "error", for the audit log.
 fn outcome<T, E>(result: &Result<T, E>) -> &'static str {
     if result.is_ok() { "ok" } else { "error" }
@@ -108,19 +158,7 @@ impl SchedulerService {
     /// A clear RESOURCE_EXHAUSTED instead of the transport's OUT_OF_RANGE when an answer would
     /// be larger than the scheduler sends (`--max-request-bytes`).
     fn fits(&self, message: &impl prost::Message, field: &str, advice: &str) -> Result<(), Status> {
-        let size = message.encoded_len();
-        if size <= self.config.max_request_bytes {
-            return Ok(());
-        }
-        let error = Error::ResourceExhausted {
-            field: field.to_owned(),
-            reason: format!(
-                "the answer would be {size} bytes, over the {} the scheduler sends (scheduler \
-                 flag --max-request-bytes); {advice}",
-                self.config.max_request_bytes
-            ),
-        };
-        Err(error.into())
+        fits(self.config.max_request_bytes, message, field, advice)
     }
 
     /// Checks that `who` may do `scope` on `queue`.
@@ -392,39 +430,28 @@ impl pb::scheduler_server::Scheduler for SchedulerService {
             .await
             .map_err(Error::from)?
             .ok_or_else(|| Status::not_found(format!("task {id} not found")))?;
+        let limit = self.config.max_request_bytes;
+        // A first message over the limit is refused here, as GetTask refuses it, rather than
+        // by the transport once the stream is open.
+        let first_done = first.state.is_final();
+        let first = task_to_proto(first);
+        let first_message = watch_message(&first, true, first_done, limit)?;
         let (sender, receiver) = mpsc::channel(16);
         let broker = self.broker.clone();
         tokio::spawn(async move {
             // Held while the stream lives.
             let _watch_permit = watch_permit;
-            let mut last: Option<pb::Task> = None;
-            let mut next = Some(first);
+            if sender.send(Ok(first_message)).await.is_err() || first_done {
+                return;
+            }
+            let mut last = first;
             loop {
-                if let Some(record) = next.take() {
-                    let done = record.state.is_final();
-                    let task = task_to_proto(record);
-                    if last.as_ref() != Some(&task) {
-                        // The payload never changes: the first message carries it, later
-                        // ones do not (a watch of a 1 MiB task would resend it per change).
-                        let mut message = task.clone();
-                        if last.is_some() {
-                            message.payload = Vec::new();
-                        }
-                        if sender.send(Ok(message)).await.is_err() {
-                            return;
-                        }
-                        last = Some(task);
-                    }
-                    if done {
-                        return;
-                    }
-                }
                 tokio::select! {
                     _ = sender.closed() => return,
                     _ = subscription.changed(WATCH_POLL) => {}
                 }
-                match broker.task(&id).await {
-                    Ok(Some(record)) => next = Some(record),
+                let record = match broker.task(&id).await {
+                    Ok(Some(record)) => record,
                     Ok(None) => {
                         let _ = sender
                             .send(Err(Status::not_found(format!("task {id} expired"))))
@@ -432,11 +459,31 @@ impl pb::scheduler_server::Scheduler for SchedulerService {
                         return;
                     }
                     // Redis hiccup: keep watching; the client sees nothing until it is back.
-                    Err(error) if error.is_unavailable() => {}
+                    Err(error) if error.is_unavailable() => continue,
                     Err(error) => {
                         let _ = sender.send(Err(Error::from(error).into())).await;
                         return;
                     }
+                };
+                let done = record.state.is_final();
+                let task = task_to_proto(record);
+                if task != last {
+                    match watch_message(&task, false, done, limit) {
+                        Ok(message) => {
+                            if sender.send(Ok(message)).await.is_err() {
+                                return;
+                            }
+                            last = task;
+                        }
+                        // Too big to send (a huge result): say so, and end the stream.
+                        Err(status) => {
+                            let _ = sender.send(Err(status)).await;
+                            return;
+                        }
+                    }
+                }
+                if done {
+                    return;
                 }
             }
         });
@@ -651,5 +698,41 @@ impl pb::scheduler_server::Scheduler for SchedulerService {
     ) -> Result<Response<pb::ListHandlersResponse>, Status> {
         let response = crate::handlers::list(&self.broker, request.into_inner()).await?;
         Ok(Response::new(response))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_watch_sends_the_payload_first_the_result_last_and_refuses_what_does_not_fit() {
+        let mut task = pb::Task {
+            task_id: "q:01ARZ3NDEKTSV4RRFFQ69G5FAV".to_owned(),
+            payload: vec![b'p'; 100],
+            result: vec![b'r'; 100],
+            state: pb::TaskState::Running as i32,
+            ..Default::default()
+        };
+        let first = watch_message(&task, true, false, 1024).unwrap();
+        assert_eq!((first.payload.len(), first.result.len()), (100, 0));
+        let middle = watch_message(&task, false, false, 1024).unwrap();
+        assert_eq!((middle.payload.len(), middle.result.len()), (0, 0));
+        task.state = pb::TaskState::Succeeded as i32;
+        let last = watch_message(&task, false, true, 1024).unwrap();
+        assert_eq!((last.payload.len(), last.result.len()), (0, 100));
+        let only = watch_message(&task, true, true, 1024).unwrap();
+        assert_eq!((only.payload.len(), only.result.len()), (100, 100));
+
+        let refused = watch_message(&task, false, true, 120).unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+        for part in [
+            "--max-request-bytes",
+            "SUCCEEDED",
+            "100-byte result",
+            "task_id",
+        ] {
+            assert!(refused.message().contains(part), "{part}: {refused:?}");
+        }
     }
 }

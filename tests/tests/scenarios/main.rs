@@ -8,6 +8,7 @@ mod dashboard;
 mod discovery;
 mod django;
 mod faults;
+mod hostile;
 mod lifecycle;
 mod node;
 mod polyglot;

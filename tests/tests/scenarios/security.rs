@@ -1071,6 +1071,164 @@ async fn the_executor_reaches_a_grpcs_handler_over_tls() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A remote HTTP handler over TLS, for the executor to call: serves `pki`'s certificate
+/// `<cert>.pem` and answers every POST with its own body (an echo), one request per
+/// connection. It stops when `stop` is sent to or dropped.
+async fn https_echo_handler(
+    pki: &TestPki,
+    cert: &str,
+) -> anyhow::Result<(
+    u16,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<()>,
+)> {
+    use rustls_pki_types::pem::PemObject as _;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let chain = CertificateDer::pem_slice_iter(&pki.read(&format!("{cert}.pem")))
+        .collect::<Result<Vec<_>, _>>()?;
+    let key = PrivateKeyDer::from_pem_slice(&pki.read(&format!("{cert}-key.pem")))?;
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)?;
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let port = listener.local_addr()?.port();
+    let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        loop {
+            let tcp = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((tcp, _)) => tcp,
+                    Err(_) => continue,
+                },
+                _ = &mut stopped => return,
+            };
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                // A failed handshake (a client that does not trust us) just ends here.
+                let Ok(mut stream) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let Ok(body) = read_http_request(&mut stream).await else {
+                    return;
+                };
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = stream.write_all(head.as_bytes()).await;
+                let _ = stream.write_all(&body).await;
+                let _ = stream.shutdown().await;
+            });
+        }
+    });
+    Ok((port, stop, server))
+}
+
+/// Reads one HTTP/1.1 request with a `content-length` body, and returns the body.
+async fn read_http_request(
+    stream: &mut (impl tokio::io::AsyncRead + Unpin),
+) -> anyhow::Result<Vec<u8>> {
+    let mut raw = Vec::new();
+    let mut chunk = [0u8; 8192];
+    let end = loop {
+        if let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+            break end + 4;
+        }
+        let n = stream.read(&mut chunk).await?;
+        anyhow::ensure!(n > 0, "the request ended before its headers did");
+        raw.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&raw[..end]).to_ascii_lowercase();
+    let length: usize = head
+        .lines()
+        .find_map(|line| line.strip_prefix("content-length:"))
+        .context("no content-length")?
+        .trim()
+        .parse()?;
+    let mut body = raw.split_off(end);
+    while body.len() < length {
+        let n = stream.read(&mut chunk).await?;
+        anyhow::ensure!(n > 0, "the request ended before its body did");
+        body.extend_from_slice(&chunk[..n]);
+    }
+    body.truncate(length);
+    Ok(body)
+}
+
+#[tokio::test]
+async fn the_executor_reaches_an_https_handler_over_tls() -> anyhow::Result<()> {
+    let pki = TestPki::new()?;
+    // A second handler whose certificate (from the same CA) names another host: the executor
+    // must refuse it, so the name is checked and not only the chain.
+    pki.issue("elsewhere", &["elsewhere.example"])?;
+    let (port, stop, server) = https_echo_handler(&pki, "server").await?;
+    let (wrong_port, stop_wrong, wrong_server) = https_echo_handler(&pki, "elsewhere").await?;
+    let routes = [
+        format!("tls_echo=https://localhost:{port}/tasks/echo"),
+        format!("tls_echo_ip=https://127.0.0.1:{port}/tasks/echo"),
+        format!("wrong_name=https://localhost:{wrong_port}/tasks/echo"),
+        format!("plain_to_tls=http://localhost:{port}/tasks/echo"),
+    ];
+    let mut args = Vec::new();
+    for route in &routes {
+        args.extend(["--handler", route.as_str()]);
+    }
+    let ca = pki.path("ca.pem").to_string_lossy().into_owned();
+    let h = Harness::builder()
+        .executor_args(&args)
+        .env("TAREFA_HANDLER_CA_CERT", &ca)
+        .start()
+        .await?;
+    let submit = |task_type: &'static str, payload: &'static [u8]| {
+        let client = h.client.clone();
+        async move {
+            let options = tarefa_client::SubmitOptions {
+                max_attempts: Some(1),
+                ..Default::default()
+            };
+            client
+                .submit_raw(options.request(task_type, payload.to_vec()))
+                .await
+        }
+    };
+    for (task_type, payload) in [
+        ("tls_echo", &b"\"over tls\""[..]),
+        ("tls_echo_ip", &b"{\"to\": \"an IP address\"}"[..]),
+    ] {
+        let submitted = submit(task_type, payload).await?;
+        let task = h
+            .wait_final(&submitted.task_id, Duration::from_secs(60))
+            .await;
+        assert_eq!(
+            task.state(),
+            pb::TaskState::Succeeded,
+            "{task_type}: {}",
+            task.last_error
+        );
+        assert_eq!(task.result, payload, "{task_type}");
+    }
+    // A certificate for another name, and plain text to a TLS port, are failed attempts.
+    let wrong = submit("wrong_name", b"{}").await?;
+    let task = h.wait_final(&wrong.task_id, Duration::from_secs(60)).await;
+    assert_eq!(task.state(), pb::TaskState::Dead);
+    assert!(
+        task.last_error.contains("certificate"),
+        "{}",
+        task.last_error
+    );
+    let plain = submit("plain_to_tls", b"{}").await?;
+    let task = h.wait_final(&plain.task_id, Duration::from_secs(60)).await;
+    assert_eq!(task.state(), pb::TaskState::Dead, "{}", task.last_error);
+    let _ = stop.send(());
+    let _ = stop_wrong.send(());
+    server.await?;
+    wrong_server.await?;
+    Ok(())
+}
+
 #[tokio::test]
 async fn a_watch_sends_the_payload_once() -> anyhow::Result<()> {
     use futures::StreamExt as _;
@@ -1097,6 +1255,120 @@ async fn a_watch_sends_the_payload_once() -> anyhow::Result<()> {
     let last = messages.last().context("no message")?;
     assert_eq!(last.state(), pb::TaskState::Succeeded);
     assert!(!last.result.is_empty());
+    // The result goes with the final message only: once per watch.
+    assert!(
+        messages[..messages.len() - 1]
+            .iter()
+            .all(|t| t.result.is_empty()),
+        "the result was sent before the final message"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_watch_over_the_message_limit_says_why() -> anyhow::Result<()> {
+    use futures::StreamExt as _;
+    // Answers of at most 64 KiB; a task's payload may be 48 KiB, and an executor stores
+    // results of up to 2 MiB (its default), so a task can outgrow what the scheduler sends.
+    let mut h = Harness::builder()
+        .executors(0)
+        .scheduler_args(&[
+            "--max-request-bytes",
+            "65536",
+            "--max-payload-bytes",
+            "49152",
+        ])
+        .start()
+        .await?;
+    // An echo of 40 KB: its payload and result together (80 KB) are over the limit.
+    let echo = h
+        .client
+        .submit_raw(pb::SubmitTaskRequest {
+            task_type: "echo".to_owned(),
+            payload: format!("\"{}\"", "e".repeat(40_000)).into_bytes(),
+            ..Default::default()
+        })
+        .await?;
+    // F(400 000) has 83 595 digits: a result over the limit on its own, from a tiny payload.
+    let fib = h
+        .client
+        .submit_raw(pb::SubmitTaskRequest {
+            task_type: "fib".to_owned(),
+            payload: br#"{"n": 400000}"#.to_vec(),
+            ..Default::default()
+        })
+        .await?;
+    // Watched while it waits (no executor yet): the first message fits.
+    let mut fib_watch = h.client.watch(&fib.task_id).await?;
+    let first = fib_watch.next().await.context("no first message")??;
+    assert_eq!(first.state(), pb::TaskState::Queued);
+
+    h.add_executor(&[])?;
+    // The stream then says why it cannot send the final state, and ends (it failed in the
+    // transport before, with OUT_OF_RANGE or a broken stream).
+    let mut refusal = None;
+    while let Some(item) = fib_watch.next().await {
+        match item {
+            Ok(task) => assert!(
+                !task.state.eq(&(pb::TaskState::Succeeded as i32)),
+                "an over-limit final message was sent"
+            ),
+            Err(error) => {
+                refusal = Some(error);
+                break;
+            }
+        }
+    }
+    let refusal = refusal.context("the watch ended without saying why")?;
+    assert_eq!(refusal.code(), Some(Code::ResourceExhausted), "{refusal}");
+    let text = refusal.to_string();
+    assert!(
+        text.contains("--max-request-bytes") && text.contains("SUCCEEDED"),
+        "{text}"
+    );
+    assert!(fib_watch.next().await.is_none(), "the stream went on");
+    // The typed wait hears the same, instead of waiting for ever.
+    let waited = h.client.wait(&fib.task_id).await;
+    assert_eq!(
+        waited.err().and_then(|e| e.code()),
+        Some(Code::ResourceExhausted)
+    );
+
+    // A finished task too big to send whole: GetTask and WatchTask both refuse it up front.
+    // (GetTask answers while the task is small, and refuses it once its result is stored.)
+    let refused = eventually(
+        "the echo's result to be stored",
+        Duration::from_secs(60),
+        || {
+            let client = h.client.clone();
+            let task_id = echo.task_id.clone();
+            async move { client.get(&task_id).await.err() }
+        },
+    )
+    .await;
+    assert_eq!(refused.code(), Some(Code::ResourceExhausted), "{refused}");
+    assert!(
+        refused.to_string().contains("--max-request-bytes"),
+        "{refused}"
+    );
+    let watched = h.client.watch(&echo.task_id).await.err();
+    let watched = watched.context("an over-limit watch was opened")?;
+    assert_eq!(watched.code(), Some(Code::ResourceExhausted));
+    assert!(
+        watched
+            .to_string()
+            .contains("SUCCEEDED, with a 40002-byte payload"),
+        "{watched}"
+    );
+
+    // The scheduler goes on serving watches that fit.
+    let small = h
+        .client
+        .submit(tarefa_client::builtin::Fib { n: 90 })
+        .await?
+        .wait()
+        .await?;
+    assert_eq!(small, "2880067194370816120");
     Ok(())
 }
 
