@@ -243,6 +243,25 @@ local function virtual_record(id, now, max_deliveries, queued)
   return r
 end
 
+-- The packed spec without its payload (the tail): the version byte and the six
+-- length-prefixed fields (LEB128 lengths) of queue/src/spec.rs. A damaged spec comes back whole
+-- (its reader reports it).
+local function spec_head(spec)
+  local pos = 2
+  for _ = 1, 6 do
+    local length, scale = 0, 1
+    repeat
+      local b = string.byte(spec, pos)
+      if not b then return spec end
+      pos = pos + 1
+      length = length + (b % 128) * scale
+      scale = scale * 128
+    until b < 128
+    pos = pos + length
+  end
+  return string.sub(spec, 1, pos - 1)
+end
+
 -- Writes the record of a task that has none yet (see virtual_record). Returns whether it did.
 local function materialize(id, now, max_deliveries, queued)
   local r = virtual_record(id, now, max_deliveries, queued)

@@ -80,7 +80,7 @@ impl Broker {
     /// task has a record or still lives only in its stream entry (the fast path).
     pub async fn task(&self, id: &TaskId) -> Result<Option<TaskRecord>> {
         let mut invocation = self.scripts.get.key(self.keys.queue_prefix(id.queue()));
-        invocation.arg(id.local());
+        invocation.arg("full").arg(id.local());
         let invocation = &invocation;
         let replies: Vec<StoredTask> = self
             .resending(|| {
@@ -97,12 +97,14 @@ impl Broker {
         crate::record::parse(id.clone(), fields, errors).map(Some)
     }
 
-    /// Reads many tasks of one queue in one round trip; missing ones are left out.
-    pub async fn tasks(&self, queue: &str, locals: &[String]) -> Result<Vec<TaskRecord>> {
+    /// Reads many tasks of one queue in one round trip, as list rows: without their payload,
+    /// result and errors list (a page of big tasks stays small); missing ones are left out.
+    pub async fn task_summaries(&self, queue: &str, locals: &[String]) -> Result<Vec<TaskRecord>> {
         if locals.is_empty() {
             return Ok(Vec::new());
         }
         let mut invocation = self.scripts.get.key(self.keys.queue_prefix(queue));
+        invocation.arg("summary");
         for local in locals {
             invocation.arg(local);
         }
@@ -331,7 +333,7 @@ impl Broker {
             if scanned == 0 {
                 return Ok(page);
             }
-            let records = self.tasks(queue, &locals).await?;
+            let records = self.task_summaries(queue, &locals).await?;
             let mut by_local: HashMap<String, TaskRecord> = records
                 .into_iter()
                 .map(|r| (r.id.local().to_owned(), r))
