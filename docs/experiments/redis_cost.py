@@ -111,8 +111,9 @@ def run_current(r, tasks, batch):
             _paused, rows = claim(keys=[PREFIX], args=claim_args)
             outcome_args = [7 * DAY_MS, "e1"]
             for row in rows:
-                # id, fencing token, spec (as claimed), max, ttl, outcome
-                outcome_args += [row[0], row[6], SPEC, 3, DAY_MS, "ok", "null", 0]
+                # id, fencing token, spec (as claimed), max, ttl, priority, idempotency key,
+                # outcome
+                outcome_args += [row[0], row[6], SPEC, 3, DAY_MS, "", "", "ok", "null", 0]
             assert all(x == 1 for x in complete(keys=[PREFIX], args=outcome_args))
         done += 100
 

@@ -255,7 +255,7 @@ impl Attempt {
                 fence: task.fence,
                 spec: task.spec,
                 max_attempts: task.max_attempts,
-                result_ttl: task.result_ttl,
+                birth: task.birth,
                 outcome,
             },
             lease,

@@ -1,8 +1,9 @@
 -- Records the outcomes of a batch of attempts and acknowledges their entries.
--- ARGV: dead ttl (ms), executor id, then 8 values per outcome:
---   id, fencing token (the claim's `f`), spec (packed, as claimed: the record of a task that
---   has none yet is written with it), max attempts, result ttl (ms; 0 when the record holds
---   it), kind (ok | retry | fail | cancel), result or error, retry delay (ms).
+-- ARGV: dead ttl (ms), executor id, then 10 values per outcome:
+--   id, fencing token (the claim's `f`), then what the record of a task that has none yet (the
+--   fast path) is written with: spec (packed, as claimed), max attempts, result ttl (ms),
+--   priority, idempotency key (all but the spec empty for a task with a record); then kind
+--   (ok | retry | fail | cancel), result or error, retry delay (ms).
 -- An outcome is written only if the task is still RUNNING under that token: a late outcome
 -- from an executor that lost its lease is rejected. Returns 1 (written) or 0 (rejected) per
 -- outcome, -1 when the task's record is damaged, or 2 when this very outcome had already been recorded (`of`, the token of the
@@ -64,7 +65,7 @@ local min_ttl = nil
 -- fence check: the entry must still be pending to this executor), in one XPENDING.
 local mine = {}
 local lo, hi, births = nil, nil, 0
-for i = 3, #ARGV, 8 do
+for i = 3, #ARGV, 10 do
   local ms, seq = stream_id_parts(ARGV[i])
   if ms then
     births = births + 1
@@ -78,9 +79,9 @@ if births > 0 then
     for _, p in ipairs(rows) do mine[p[1]] = p end
   end
 end
-for i = 3, #ARGV, 8 do
+for i = 3, #ARGV, 10 do
   local id, fence, spec, max = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
-  local kind, body, delay = ARGV[i + 5], ARGV[i + 6], tonumber(ARGV[i + 7])
+  local kind, body, delay = ARGV[i + 7], ARGV[i + 8], tonumber(ARGV[i + 9])
   local key = record_key(id)
   local r = redis.call('HMGET', key, 'state', 'f', 'entry', 'max', 'cancel', 'exec', 'ttl', 'err',
     'of', 'att')
@@ -103,11 +104,13 @@ for i = 3, #ARGV, 8 do
     -- Succeeded at its first attempt: the one record it will ever have, written once, with
     -- nothing a finished task does not need.
     local ttl = ARGV[i + 4]
-    if ttl == '0' then ttl = '86400000' end
+    if not tonumber(ttl) then ttl = '86400000' end
     local ms = string.match(id, '^(%d+)')
     local started = string.format('%d', now - (tonumber(fast[3]) or 0))
     redis.call('HSET', key, 'spec', spec, 'max', max, 'ctime', ms, 'att', '1', 'of', fence,
       'exec', executor, 'stime', started, 'res', body, 'state', S_SUCCEEDED, 'ftime', now_s)
+    if ARGV[i + 5] ~= '' then redis.call('HSET', key, 'prio', ARGV[i + 5]) end
+    if ARGV[i + 6] ~= '' then redis.call('HSET', key, 'idem', ARGV[i + 6]) end
     redis.call('PEXPIRE', key, ttl)
     out[#out + 1] = 1
     ok_entries[#ok_entries + 1] = id

@@ -13,7 +13,7 @@ use crate::keys::{ENTRY_TASK_FIELD, GROUP, STREAM};
 /// [`ENTRY_TASK_FIELD`] as bytes, to match entry field names against.
 const ENTRY_TASK_FIELD_BYTES: &[u8] = ENTRY_TASK_FIELD.as_bytes();
 use crate::spec;
-use crate::task::{ClaimedTask, Completion, Outcome, TaskId};
+use crate::task::{Birth, ClaimedTask, Completion, Outcome, TaskId};
 use crate::{Error, Result};
 
 /// A connection of its own for blocking reads (`XREADGROUP ... BLOCK`), which would otherwise
@@ -57,8 +57,8 @@ pub struct ReadEntry {
     spec: Option<Vec<u8>>,
     /// A birth entry's max attempts (field `max`).
     max_attempts: Option<String>,
-    /// A birth entry's result TTL in ms (field `ttl`).
-    result_ttl_ms: Option<u64>,
+    /// A birth entry's options (fields `ttl`, `prio`, `idem`).
+    birth: Birth,
 }
 
 /// What a claim did with the entries just read.
@@ -226,7 +226,9 @@ impl Broker {
                     .arg(completion.fence)
                     .arg(&completion.spec)
                     .arg(completion.max_attempts)
-                    .arg(completion.result_ttl.map_or(0, |t| t.as_millis() as u64));
+                    .arg(completion.birth.as_ref().map_or("", |b| &b.result_ttl_ms))
+                    .arg(completion.birth.as_ref().map_or("", |b| &b.priority))
+                    .arg(completion.birth.as_ref().map_or("", |b| &b.idempotency_key));
                 match &completion.outcome {
                     Outcome::Succeeded(result) => invocation.arg("ok").arg(result).arg(0),
                     Outcome::Retry { error, delay } => invocation
@@ -536,7 +538,7 @@ fn parse_read_reply(reply: Value) -> Result<Vec<ReadEntry>> {
             let mut task = None;
             let mut spec = None;
             let mut max_attempts = None;
-            let mut result_ttl_ms = None;
+            let mut birth = Birth::default();
             for pair in fields.chunks(2) {
                 if let [name, value] = pair {
                     match name.as_slice() {
@@ -545,9 +547,10 @@ fn parse_read_reply(reply: Value) -> Result<Vec<ReadEntry>> {
                         }
                         b"s" => spec = Some(value.clone()),
                         b"max" => max_attempts = Some(String::from_utf8_lossy(value).into_owned()),
-                        b"ttl" => {
-                            result_ttl_ms =
-                                std::str::from_utf8(value).ok().and_then(|v| v.parse().ok())
+                        b"ttl" => birth.result_ttl_ms = String::from_utf8_lossy(value).into_owned(),
+                        b"prio" => birth.priority = String::from_utf8_lossy(value).into_owned(),
+                        b"idem" => {
+                            birth.idempotency_key = String::from_utf8_lossy(value).into_owned()
                         }
                         _ => {}
                     }
@@ -558,7 +561,7 @@ fn parse_read_reply(reply: Value) -> Result<Vec<ReadEntry>> {
                 entry: entry_id,
                 spec,
                 max_attempts,
-                result_ttl_ms,
+                birth,
             });
         }
     }
@@ -614,13 +617,13 @@ fn claimed_from_row(queue: &str, row: Vec<Value>, entries: &[ReadEntry]) -> Resu
     let attempt: u32 = redis::from_redis_value(next())?;
     let mut spec: Vec<u8> = redis::from_redis_value(next())?;
     let mut max_attempts: String = redis::from_redis_value(next())?;
-    let mut result_ttl = None;
+    let mut birth = None;
     if spec.is_empty() {
         let read = entries.iter().find(|e| e.entry == local && e.task == local);
         if let Some(read) = read {
             spec = read.spec.clone().unwrap_or_default();
             max_attempts = read.max_attempts.clone().unwrap_or_default();
-            result_ttl = read.result_ttl_ms.map(Duration::from_millis);
+            birth = Some(read.birth.clone());
         }
     }
     let queue_wait_ms: u64 = redis::from_redis_value(next())?;
@@ -649,6 +652,6 @@ fn claimed_from_row(queue: &str, row: Vec<Value>, entries: &[ReadEntry]) -> Resu
         queue_wait: Duration::from_millis(queue_wait_ms),
         deliveries,
         spec: packed,
-        result_ttl,
+        birth,
     })
 }

@@ -384,9 +384,20 @@ pub struct ClaimedTask {
     /// The packed spec, as claimed: what the record of a task that had none is written with
     /// when its outcome arrives (the fast path).
     pub spec: Vec<u8>,
-    /// How long its finished record is kept, when the claim knew it (a task still without a
-    /// record: its entry said); `None` when the record holds it.
-    pub result_ttl: Option<Duration>,
+    /// A task still without a record (the fast path): the options its entry carried, which
+    /// its outcome's record is written with. `None` when the record holds them.
+    pub birth: Option<Birth>,
+}
+
+/// The options a birth entry carries besides its spec (see [`ClaimedTask::birth`]), as stored.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Birth {
+    /// How long the finished record is kept (ms).
+    pub(crate) result_ttl_ms: String,
+    /// The priority, when not 0.
+    pub(crate) priority: String,
+    /// The idempotency key, when given.
+    pub(crate) idempotency_key: String,
 }
 
 /// What became of one attempt.
@@ -418,8 +429,8 @@ pub struct Completion {
     pub spec: Vec<u8>,
     /// [`ClaimedTask::max_attempts`].
     pub max_attempts: u32,
-    /// [`ClaimedTask::result_ttl`].
-    pub result_ttl: Option<Duration>,
+    /// [`ClaimedTask::birth`].
+    pub birth: Option<Birth>,
     /// What became of it.
     pub outcome: Outcome,
 }

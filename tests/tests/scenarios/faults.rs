@@ -778,7 +778,7 @@ async fn a_task_without_a_record_is_taken_back_and_its_stale_outcome_refused() -
         fence: ghost.fence,
         spec: ghost.spec.clone(),
         max_attempts: ghost.max_attempts,
-        result_ttl: ghost.result_ttl,
+        birth: ghost.birth.clone(),
         outcome: Outcome::Succeeded(b"\"ghost\"".to_vec()),
     };
     let written = broker.complete("ghost", &[&late]).await;

@@ -413,3 +413,62 @@ async fn progress_shows_while_running() -> anyhow::Result<()> {
     assert_eq!((done.state(), done.progress), (TaskState::Succeeded, 1.0));
     Ok(())
 }
+
+/// A task due now runs on the fast path (no record until its outcome); its one record, written
+/// with the outcome, still says everything GetTask said while it waited: type, payload,
+/// headers, trace, priority, idempotency key, attempts, and when it was created, started and
+/// finished. Its id names its stream entry.
+#[tokio::test]
+async fn a_fast_path_task_keeps_everything_it_was_submitted_with() -> anyhow::Result<()> {
+    let h = Harness::builder().executors(0).start().await?;
+    let options = SubmitOptions {
+        idempotency_key: Some("order-42".to_owned()),
+        priority: 7,
+        max_attempts: Some(4),
+        headers: HashMap::from([("tenant".to_owned(), "acme".to_owned())]),
+        ..SubmitOptions::default()
+    };
+    let handle = h.client.submit_with(Fib { n: 10 }, &options).await?;
+    let local = handle.id().trim_start_matches("default:");
+    assert!(
+        local
+            .split_once('-')
+            .is_some_and(|(ms, seq)| { ms.parse::<u64>().is_ok() && seq.parse::<u64>().is_ok() }),
+        "a task due now is named after its stream entry: {}",
+        handle.id()
+    );
+    let waiting = h.client.get(handle.id()).await?;
+    assert_eq!(waiting.state(), TaskState::Queued);
+    let mut h = h;
+    h.add_executor(&[])?;
+    let done = h.wait_final(handle.id(), Duration::from_secs(20)).await;
+    assert_eq!(done.state(), TaskState::Succeeded, "{:?}", done.errors);
+    for (what, before, after) in [
+        ("type", &waiting.task_type, &done.task_type),
+        (
+            "idempotency key",
+            &waiting.idempotency_key,
+            &done.idempotency_key,
+        ),
+        ("trace id", &waiting.trace_id, &done.trace_id),
+    ] {
+        assert_eq!(before, after, "{what}");
+    }
+    assert_eq!(done.idempotency_key, "order-42");
+    assert_eq!((done.priority, done.max_attempts, done.attempt), (7, 4, 1));
+    assert_eq!(done.payload, waiting.payload);
+    assert_eq!(done.headers.get("tenant").map(String::as_str), Some("acme"));
+    assert_eq!(done.result, br#""55""#);
+    assert_eq!(done.created_at_ms, waiting.created_at_ms);
+    assert!(
+        done.created_at_ms <= done.started_at_ms && done.started_at_ms <= done.finished_at_ms,
+        "{} {} {}",
+        done.created_at_ms,
+        done.started_at_ms,
+        done.finished_at_ms
+    );
+    // The same idempotency key answers with the same task.
+    let again = h.client.submit_with(Fib { n: 10 }, &options).await?;
+    assert_eq!(again.id(), handle.id());
+    Ok(())
+}
