@@ -213,7 +213,13 @@ impl Attempt {
             }
             Ran::NoHandler(message) => {
                 span.record("outcome", "no_handler");
-                release_no_handler(&shared, &lease, message).await;
+                // Never await with the span entered: the guard would stay on this worker
+                // thread while the future waits, and every task polled there meanwhile would
+                // nest its span inside this one.
+                drop(_entered);
+                release_no_handler(&shared, &lease, message)
+                    .instrument(span.clone())
+                    .await;
                 return;
             }
         };
