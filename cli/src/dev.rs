@@ -44,6 +44,9 @@ impl RedisChild {
         let child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""])
             .args(["--appendonly", "yes", "--appendfsync", "everysec"])
+            // Task records stay compact listpacks with a spec (traceparent included) or a
+            // result up to 512 bytes: about half the memory per finished task (README).
+            .args(["--hash-max-listpack-value", "512"])
             .args(["--maxmemory-policy", "noeviction"])
             .arg("--dir")
             .arg(dir.path())

@@ -108,6 +108,10 @@ impl std::fmt::Debug for Broker {
     }
 }
 
+/// The `hash-max-listpack-value` Tarefa's records are compact under (a spec with its
+/// traceparent is ~80 bytes before the payload); `tarefa dev` and docker-compose set it.
+const RECOMMENDED_LISTPACK_VALUE: u64 = 512;
+
 impl Broker {
     /// A broker for `config`. Connects lazily: this succeeds while Redis is down, and every
     /// operation then fails with [`Error::Unavailable`] until Redis is back.
@@ -238,11 +242,33 @@ impl Broker {
         match appendonly {
             Ok(reply) if reply.get(1).map(String::as_str) == Some("no") => {
                 tracing::warn!(
-                    "redis appendonly is off: a redis crash loses every task and outcome since                      its last snapshot; set appendonly yes (appendfsync always for no loss)"
+                    "redis appendonly is off: a redis crash loses every task and outcome since \
+                     its last snapshot; set appendonly yes (appendfsync always for no loss)"
                 );
             }
             Ok(_) => {}
             Err(error) => tracing::debug!(%error, "could not read redis appendonly"),
+        }
+        let mut con = self.con.clone();
+        let listpack: Result<Vec<String>> = self
+            .timed(
+                redis::cmd("CONFIG")
+                    .arg("GET")
+                    .arg("hash-max-listpack-value")
+                    .query_async(&mut con),
+            )
+            .await;
+        if let Ok(reply) = listpack {
+            let value: Option<u64> = reply.get(1).and_then(|v| v.parse().ok());
+            if value.is_some_and(|v| v < RECOMMENDED_LISTPACK_VALUE / 2) {
+                tracing::info!(
+                    hash_max_listpack_value = value,
+                    "task records whose spec or result is longer than this are stored as hash \
+                     tables, at about twice the memory; hash-max-listpack-value {} keeps them \
+                     compact (see the README's Redis settings)",
+                    RECOMMENDED_LISTPACK_VALUE
+                );
+            }
         }
     }
 }
