@@ -237,7 +237,8 @@ class AsyncClient:
     async def tasks(
         self, queue: str = "", state: Union[str, int] = "DEAD", *, task_type: str = "", page_size: int = 50, page_token: str = ""
     ) -> pb.ListTasksResponse:
-        """One page of a queue's tasks in ``state``, newest first."""
+        """One page of a queue's tasks in ``state``, newest first, as summaries (no payload,
+        result or error history: :meth:`get` a task for those)."""
         if isinstance(state, str):
             state = pb.TaskState.Value("TASK_STATE_" + state.upper())
         return await self._unary(

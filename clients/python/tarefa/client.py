@@ -553,7 +553,8 @@ class Client:
         page_token: str = "",
     ) -> pb.ListTasksResponse:
         """One page of a queue's tasks in ``state`` (``"DEAD"``, ``"QUEUED"``…), newest first;
-        ``.tasks`` and ``.next_page_token``."""
+        ``.tasks`` and ``.next_page_token``. Rows are summaries, without payload, result or
+        error history: :meth:`get` a task for those."""
         if isinstance(state, str):
             state = pb.TaskState.Value("TASK_STATE_" + state.upper())
         return self._queue_call(

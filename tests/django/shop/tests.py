@@ -62,7 +62,8 @@ class Delay(TransactionTestCase):
         self.assertEqual(queue_stats("audit").submitted_total, 1)
         done = eventually(lambda: tarefa.default_app.client.tasks("audit", "SUCCEEDED").tasks)
         self.assertIsNotNone(done, "the committed task did not run")
-        done = done[0]
+        # List rows are summaries (no payload, no result): the task itself has its result.
+        done = tarefa.default_app.client.get(done[0].task_id)
         self.assertEqual(tarefa.decode_result(done), "committed")
         self.assertEqual(queue_stats("audit").submitted_total, 1)
 

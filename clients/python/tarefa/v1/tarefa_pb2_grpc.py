@@ -167,7 +167,8 @@ class SchedulerServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListTasks(self, request, context):
-        """Lists a queue's tasks in one state, newest first, paged.
+        """Lists a queue's tasks in one state, newest first, paged. Each row is a summary: no
+        payload, no result and no error history (last_error is there); GetTask has them.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
