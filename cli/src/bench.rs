@@ -565,14 +565,20 @@ async fn record_latencies(
     Ok((to_start, to_finish))
 }
 
-/// `VmHWM` (peak) and `VmRSS` (now) of a process, in KiB.
 /// What a submit's latency cannot go below, measured after the run on the same connections:
 /// a unary RPC the scheduler answers without Redis (`GetTask` of a malformed id, refused by
-/// validation), and a Redis round trip (`PING`). A submit is one of each plus the script.
-async fn latency_floors(client: &Client, probe: &Probe) -> anyhow::Result<Value> {
+/// validation), and a Redis round trip (`PING`). A submit is one of each plus its writes.
+/// Interleaved with them, a real `GetTask` of a finished task (`task`), whose floor is the
+/// same two.
+async fn latency_floors(
+    client: &Client,
+    probe: &Probe,
+    task: Option<&str>,
+) -> anyhow::Result<Value> {
     const CALLS: usize = 200;
     let mut rpc = Vec::with_capacity(CALLS);
     let mut redis = Vec::with_capacity(CALLS);
+    let mut get = Vec::with_capacity(CALLS);
     let mut raw = client.raw();
     for _ in 0..CALLS {
         let started = Instant::now();
@@ -589,10 +595,21 @@ async fn latency_floors(client: &Client, probe: &Probe) -> anyhow::Result<Value>
         let started = Instant::now();
         probe.ping().await?;
         redis.push(started.elapsed().as_micros() as u64);
+        if let Some(task) = task {
+            let started = Instant::now();
+            raw.get_task(pb::GetTaskRequest {
+                task_id: task.to_owned(),
+            })
+            .await?;
+            get.push(started.elapsed().as_micros() as u64);
+        }
     }
     rpc.sort_unstable();
     redis.sort_unstable();
+    get.sort_unstable();
     Ok(json!({
+        "get_task_p50": (!get.is_empty()).then(|| ms(percentile(&get, 0.50))),
+        "get_task_p99": (!get.is_empty()).then(|| ms(percentile(&get, 0.99))),
         "rpc_without_redis_p50": ms(percentile(&rpc, 0.50)),
         "rpc_without_redis_p99": ms(percentile(&rpc, 0.99)),
         "redis_ping_p50": ms(percentile(&redis, 0.50)),
@@ -600,6 +617,7 @@ async fn latency_floors(client: &Client, probe: &Probe) -> anyhow::Result<Value>
     }))
 }
 
+/// `VmHWM` (peak) and `VmRSS` (now) of a process, in KiB.
 fn memory_kib(pid: u32) -> (u64, u64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let field = |name: &str| {
@@ -777,8 +795,9 @@ async fn throughput_mode(
 
     let mut calls = submitted.call_latencies_us;
     calls.sort_unstable();
+    let sample = submitted.sampled_ids.first().cloned();
     let (to_start, to_finish) = record_latencies(&clients[0], submitted.sampled_ids).await?;
-    let floors = latency_floors(&clients[0], probe).await?;
+    let floors = latency_floors(&clients[0], probe, sample.as_deref()).await?;
     let raw = if args.raw_tasks > 0 {
         Some(
             tarefa_queue::bench::raw_ceiling(

@@ -60,6 +60,12 @@ impl TaskId {
         &self.queue
     }
 
+    /// Whether the local part is a stream entry id: a task submitted to run now, which has no
+    /// record until something besides its claim happens to it (the fast path).
+    pub fn is_entry(&self) -> bool {
+        is_stream_id(&self.local)
+    }
+
     /// The local part (an entry id or a ULID), which names the task inside its queue's keys.
     pub fn local(&self) -> &str {
         &self.local
