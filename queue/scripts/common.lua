@@ -72,6 +72,15 @@ local function entry_field(pairs_list, name)
   return nil
 end
 
+-- Appends `name`, `value` to a flat field/value list when there is a value (an optional field:
+-- priority, idempotency key).
+local function put_field(list, name, value)
+  if value and value ~= '' then
+    list[#list + 1] = name
+    list[#list + 1] = value
+  end
+end
+
 local function record_key(id) return base .. 't:' .. id end
 local function errors_key(id) return base .. 'e:' .. id end
 
@@ -164,7 +173,6 @@ local function finish(id, key, state, now)
   notify(id, state)
 end
 
-
 -- The stream-native fast path. A task submitted to run now has no record: its stream entry
 -- carries it (field 's', the packed spec, and its options 'max', 'ttl', 'prio', 'idem'), and
 -- its id is the entry's id (a "birth entry", with no 'id' field). While it waits it is QUEUED
@@ -212,26 +220,27 @@ end
 -- running delivery is counted yet (see claim.lua); `queued` describes it as QUEUED even though
 -- it was just delivered (a claim handing entries back while paused).
 local function virtual_record(id, now, max_deliveries, queued)
-  if not stream_id_parts(id) then return nil end
+  local ms = stream_id_parts(id)
+  if not ms then return nil end
   local rows = redis.call('XRANGE', STREAM, id, id)
   if #rows == 0 then return nil end
   local fields = rows[1][2]
   local spec = entry_field(fields, 's')
   if not spec then return nil end
-  local ms = string.match(id, '^(%d+)')
+  local ms_s = string.format('%d', ms)
   local r = {'spec', spec, 'max', entry_field(fields, 'max') or '1',
-    'ttl', entry_field(fields, 'ttl') or '86400000', 'ctime', ms, 'rtime', ms, 'entry', id}
-  local prio, idem = entry_field(fields, 'prio'), entry_field(fields, 'idem')
-  if prio then r[#r + 1] = 'prio'; r[#r + 1] = prio end
-  if idem then r[#r + 1] = 'idem'; r[#r + 1] = idem end
+    'ttl', entry_field(fields, 'ttl') or '86400000', 'ctime', ms_s, 'rtime', ms_s, 'entry', id}
+  put_field(r, 'prio', entry_field(fields, 'prio'))
+  put_field(r, 'idem', entry_field(fields, 'idem'))
   local p = (not queued) and pending_row(id)
   if p then
     local dn = tonumber(p[4]) or 1
     local counted = dn
     if max_deliveries and dn >= max_deliveries then counted = dn - 1 end
-    local fields_running = {'state', S_RUNNING, 'att', '1', 'f', birth_fence(id), 'exec', p[2],
-      'dn', string.format('%d', dn), 'dlv', string.format('%d', counted), 'stime', string.format('%d', now - (tonumber(p[3]) or 0))}
-    for _, v in ipairs(fields_running) do r[#r + 1] = v end
+    local running = {'state', S_RUNNING, 'att', '1', 'f', birth_fence(id), 'exec', p[2],
+      'dn', string.format('%d', dn), 'dlv', string.format('%d', counted),
+      'stime', string.format('%d', now - (tonumber(p[3]) or 0))}
+    for _, v in ipairs(running) do r[#r + 1] = v end
   elseif queued or not delivered(id) then
     r[#r + 1] = 'state'; r[#r + 1] = S_QUEUED
     r[#r + 1] = 'att'; r[#r + 1] = '0'

@@ -61,6 +61,18 @@ local function remove_acknowledged(entries)
   call_in_slices('XDEL', STREAM, nil, entries, 1000)
 end
 local min_ttl = nil
+-- Books a success in the batch-wide commands below (one XACK of the entries, their removal,
+-- one ZADD into DONE, one trim of it by the smallest TTL) and the counts.
+local function succeeded_one(id, entry, ttl)
+  out[#out + 1] = 1
+  if entry and entry ~= '' then ok_entries[#ok_entries + 1] = entry end
+  ok_done[#ok_done + 1] = now_s
+  ok_done[#ok_done + 1] = id
+  local ttl_ms = tonumber(ttl) or 86400000
+  if min_ttl == nil or ttl_ms < min_ttl then min_ttl = ttl_ms end
+  notify(id, S_SUCCEEDED)
+  succeeded = succeeded + 1
+end
 -- This executor's pending entries among the birth entries of the batch (the fast path's
 -- fence check: the entry must still be pending to this executor), in one XPENDING.
 local mine = {}
@@ -105,41 +117,27 @@ for i = 3, #ARGV, 10 do
     -- nothing a finished task does not need.
     local ttl = ARGV[i + 4]
     if not tonumber(ttl) then ttl = '86400000' end
-    local ms = string.match(id, '^(%d+)')
-    local started = string.format('%d', now - (tonumber(fast[3]) or 0))
-    redis.call('HSET', key, 'spec', spec, 'max', max, 'ctime', ms, 'att', '1', 'of', fence,
-      'exec', executor, 'stime', started, 'res', body, 'state', S_SUCCEEDED, 'ftime', now_s)
-    if ARGV[i + 5] ~= '' then redis.call('HSET', key, 'prio', ARGV[i + 5]) end
-    if ARGV[i + 6] ~= '' then redis.call('HSET', key, 'idem', ARGV[i + 6]) end
+    local record = {'spec', spec, 'max', max, 'ctime', string.match(id, '^(%d+)'), 'att', '1',
+      'of', fence, 'exec', executor, 'stime', string.format('%d', now - (tonumber(fast[3]) or 0)),
+      'res', body, 'state', S_SUCCEEDED, 'ftime', now_s}
+    put_field(record, 'prio', ARGV[i + 5])
+    put_field(record, 'idem', ARGV[i + 6])
+    redis.call('HSET', key, unpack(record))
     redis.call('PEXPIRE', key, ttl)
-    out[#out + 1] = 1
-    ok_entries[#ok_entries + 1] = id
-    ok_done[#ok_done + 1] = now_s
-    ok_done[#ok_done + 1] = id
-    local ttl_ms = tonumber(ttl) or 86400000
-    if min_ttl == nil or ttl_ms < min_ttl then min_ttl = ttl_ms end
-    notify(id, S_SUCCEEDED)
-    succeeded = succeeded + 1
+    succeeded_one(id, id, ttl)
   elseif r[9] == fence and r[6] == executor then
     out[#out + 1] = 2
   elseif r[1] ~= S_RUNNING or r[2] ~= fence then
     out[#out + 1] = 0
   elseif kind == 'ok' then
-    out[#out + 1] = 1
     local ttl = r[7] or '86400000'
-    if r[3] and r[3] ~= '' then ok_entries[#ok_entries + 1] = r[3] end
-    ok_done[#ok_done + 1] = now_s
-    ok_done[#ok_done + 1] = id
-    local ttl_ms = tonumber(ttl) or 86400000
-    if min_ttl == nil or ttl_ms < min_ttl then min_ttl = ttl_ms end
     -- 'entry' is emptied in the same HSET rather than deleted: every reader treats '' as none.
     redis.call('HSET', key, 'dlv', '0', 'res', body, 'state', S_SUCCEEDED, 'ftime', now_s,
       'entry', '', 'of', fence)
     redis.call('PEXPIRE', key, ttl)
     -- The errors list exists only once an attempt failed, and then 'err' is set.
     if r[8] then redis.call('PEXPIRE', errors_key(id), ttl) end
-    notify(id, S_SUCCEEDED)
-    succeeded = succeeded + 1
+    succeeded_one(id, r[3], ttl)
   elseif not tonumber(r[4]) or not tonumber(attempt) then
     -- A damaged record: reported (-1), never guessed at. Its lease runs out and reclaim.lua
     -- buries it with the reason.

@@ -18,6 +18,8 @@ for i = 0, n - 1 do
   local o = 1 + i * per_task
   local id = ARGV[o + 1]
   local idem = ARGV[o + 8]
+  -- Priority 0 is the default and not stored.
+  local prio = ARGV[o + 7] ~= '0' and ARGV[o + 7] or nil
   local previous = false
   if idem ~= '' then
     local ikey = base .. 'i:' .. idem
@@ -32,19 +34,9 @@ for i = 0, n - 1 do
     if run_at == 0 then run_at = now + tonumber(ARGV[o + 4]) end
     if run_at > now then
       local fields = {'spec', ARGV[o + 2], 'att', '0', 'max', ARGV[o + 5], 'ttl', ARGV[o + 6],
-        'ctime', now_s}
-      if ARGV[o + 7] ~= '0' then
-        fields[#fields + 1] = 'prio'
-        fields[#fields + 1] = ARGV[o + 7]
-      end
-      if idem ~= '' then
-        fields[#fields + 1] = 'idem'
-        fields[#fields + 1] = idem
-      end
-      fields[#fields + 1] = 'state'
-      fields[#fields + 1] = S_SCHEDULED
-      fields[#fields + 1] = 'rtime'
-      fields[#fields + 1] = string.format('%d', run_at)
+        'ctime', now_s, 'state', S_SCHEDULED, 'rtime', string.format('%d', run_at)}
+      put_field(fields, 'prio', prio)
+      put_field(fields, 'idem', idem)
       redis.call('HSET', key, unpack(fields))
       redis.call('ZADD', SCHEDULED, run_at, id)
       if idem ~= '' then redis.call('SET', base .. 'i:' .. idem, id, 'PX', window) end
@@ -52,14 +44,8 @@ for i = 0, n - 1 do
       -- The fast path: no record, the entry carries the task and names it (see
       -- virtual_record in common.lua). The id passed in is not used.
       local entry_fields = {'s', ARGV[o + 2], 'max', ARGV[o + 5], 'ttl', ARGV[o + 6]}
-      if ARGV[o + 7] ~= '0' then
-        entry_fields[#entry_fields + 1] = 'prio'
-        entry_fields[#entry_fields + 1] = ARGV[o + 7]
-      end
-      if idem ~= '' then
-        entry_fields[#entry_fields + 1] = 'idem'
-        entry_fields[#entry_fields + 1] = idem
-      end
+      put_field(entry_fields, 'prio', prio)
+      put_field(entry_fields, 'idem', idem)
       id = redis.call('XADD', STREAM, '*', unpack(entry_fields))
       if idem ~= '' then redis.call('SET', base .. 'i:' .. idem, id, 'PX', window) end
       -- No notification: nobody can be watching a task that did not exist.

@@ -201,19 +201,24 @@ impl Broker {
             .map(|_| ())
     }
 
-    /// Redis's `maxmemory-policy`. Anything but `noeviction` lets Redis evict task keys under
-    /// memory pressure, which loses tasks; the services warn about it at start-up.
-    pub async fn maxmemory_policy(&self) -> Result<String> {
+    /// One setting of Redis's (`CONFIG GET`), empty when Redis does not have it.
+    async fn redis_setting(&self, name: &str) -> Result<String> {
         let mut con = self.con.clone();
         let reply: Vec<String> = self
             .timed(
                 redis::cmd("CONFIG")
                     .arg("GET")
-                    .arg("maxmemory-policy")
+                    .arg(name)
                     .query_async(&mut con),
             )
             .await?;
         Ok(reply.get(1).cloned().unwrap_or_default())
+    }
+
+    /// Redis's `maxmemory-policy`. Anything but `noeviction` lets Redis evict task keys under
+    /// memory pressure, which loses tasks; the services warn about it at start-up.
+    pub async fn maxmemory_policy(&self) -> Result<String> {
+        self.redis_setting("maxmemory-policy").await
     }
 
     /// Logs a loud warning when Redis may evict keys, or keeps no append-only file (either
@@ -230,17 +235,8 @@ impl Broker {
             Ok(_) => {}
             Err(error) => tracing::debug!(%error, "could not read redis maxmemory-policy"),
         }
-        let mut con = self.con.clone();
-        let appendonly: Result<Vec<String>> = self
-            .timed(
-                redis::cmd("CONFIG")
-                    .arg("GET")
-                    .arg("appendonly")
-                    .query_async(&mut con),
-            )
-            .await;
-        match appendonly {
-            Ok(reply) if reply.get(1).map(String::as_str) == Some("no") => {
+        match self.redis_setting("appendonly").await {
+            Ok(appendonly) if appendonly == "no" => {
                 tracing::warn!(
                     "redis appendonly is off: a redis crash loses every task and outcome since \
                      its last snapshot; set appendonly yes (appendfsync always for no loss)"
@@ -249,23 +245,14 @@ impl Broker {
             Ok(_) => {}
             Err(error) => tracing::debug!(%error, "could not read redis appendonly"),
         }
-        let mut con = self.con.clone();
-        let listpack: Result<Vec<String>> = self
-            .timed(
-                redis::cmd("CONFIG")
-                    .arg("GET")
-                    .arg("hash-max-listpack-value")
-                    .query_async(&mut con),
-            )
-            .await;
-        if let Ok(reply) = listpack {
-            let value: Option<u64> = reply.get(1).and_then(|v| v.parse().ok());
+        if let Ok(value) = self.redis_setting("hash-max-listpack-value").await {
+            let value: Option<u64> = value.parse().ok();
             if value.is_some_and(|v| v < RECOMMENDED_LISTPACK_VALUE / 2) {
                 tracing::info!(
                     hash_max_listpack_value = value,
                     "task records whose spec or result is longer than this are stored as hash \
                      tables, at about twice the memory; hash-max-listpack-value {} keeps them \
-                     compact (see the README's Redis settings)",
+                     compact (README, \"Durability is Redis's\")",
                     RECOMMENDED_LISTPACK_VALUE
                 );
             }
