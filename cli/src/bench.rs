@@ -26,6 +26,8 @@ use crate::dev::RedisChild;
 
 /// The queue every bench task goes to.
 const QUEUE: &str = "bench";
+/// A queue no executor of the bench serves (the floor probes' submits wait there).
+const UNSERVED_QUEUE: &str = "bench-unserved";
 /// Tasks run (and waited for) before measuring, so connections and script caches are warm.
 const WARMUP_TASKS: u64 = 500;
 /// How long the run may go without a single task finishing before it is declared stuck.
@@ -579,7 +581,14 @@ async fn latency_floors(
     let mut rpc = Vec::with_capacity(CALLS);
     let mut redis = Vec::with_capacity(CALLS);
     let mut get = Vec::with_capacity(CALLS);
+    let mut quiet_submit = Vec::with_capacity(CALLS);
+    let mut served_submit = Vec::with_capacity(CALLS);
     let mut raw = client.raw();
+    // A submit to a queue no executor serves costs the scheduler and Redis only; one to the
+    // served queue also wakes an executor, which claims and runs the task on the same cores
+    // while the answer travels back.
+    let unserved = SubmitOptions::queue(UNSERVED_QUEUE);
+    let served = SubmitOptions::queue(QUEUE);
     for _ in 0..CALLS {
         let started = Instant::now();
         let answer = raw
@@ -603,13 +612,30 @@ async fn latency_floors(
             .await?;
             get.push(started.elapsed().as_micros() as u64);
         }
+        for (options, into) in [
+            (&unserved, &mut quiet_submit),
+            (&served, &mut served_submit),
+        ] {
+            let started = Instant::now();
+            raw.submit_task(options.request("echo", b"{}".to_vec()))
+                .await?;
+            into.push(started.elapsed().as_micros() as u64);
+            // Let the served task finish before the next probe: one task at a time.
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
     }
+    quiet_submit.sort_unstable();
+    served_submit.sort_unstable();
     rpc.sort_unstable();
     redis.sort_unstable();
     get.sort_unstable();
     Ok(json!({
         "get_task_p50": (!get.is_empty()).then(|| ms(percentile(&get, 0.50))),
         "get_task_p99": (!get.is_empty()).then(|| ms(percentile(&get, 0.99))),
+        "submit_unserved_queue_p50": ms(percentile(&quiet_submit, 0.50)),
+        "submit_unserved_queue_p99": ms(percentile(&quiet_submit, 0.99)),
+        "submit_served_queue_p50": ms(percentile(&served_submit, 0.50)),
+        "submit_served_queue_p99": ms(percentile(&served_submit, 0.99)),
         "rpc_without_redis_p50": ms(percentile(&rpc, 0.50)),
         "rpc_without_redis_p99": ms(percentile(&rpc, 0.99)),
         "redis_ping_p50": ms(percentile(&redis, 0.50)),

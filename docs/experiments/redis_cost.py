@@ -105,16 +105,21 @@ def run_current(r, tasks, batch):
         pipe.execute()
         for _ in range(0, 100, batch):
             entries = r.xreadgroup("executors", "e1", {PREFIX + "stream": ">"}, count=batch)[0][1]
-            claim_args = ["e1", 3, 7 * DAY_MS]
-            for entry, fields in entries:
-                claim_args += [entry, fields.get(b"id", entry)]  # a birth entry names its task
-            _paused, rows = claim(keys=[PREFIX], args=claim_args)
-            outcome_args = [7 * DAY_MS, "e1"]
-            for row in rows:
+            # Birth entries (no `id` field: the entry names its task) first, then the others
+            # as (entry, task) pairs; here every entry is a birth entry.
+            births = [entry for entry, fields in entries if b"id" not in fields]
+            claim_args = ["e1", 3, 7 * DAY_MS, len(births)] + births
+            _paused, rows, births_claimed, _now = claim(keys=[PREFIX], args=claim_args)
+            assert births_claimed == 1 and not rows
+            # The executor's own arithmetic (queue/src/consumer.rs, birth_fence).
+            fences = [int(e.split(b"-")[0]) * 1000 + min(int(e.split(b"-")[1]), 999)
+                      for e in births]
+            outcome_args = [7 * DAY_MS, "e1", births[0], births[-1]]
+            for entry, fence in zip(births, fences):
                 # id, fencing token, spec (as claimed), max, ttl, priority, idempotency key,
                 # outcome
-                outcome_args += [row[0], row[6], SPEC, 3, DAY_MS, "", "", "ok", "null", 0]
-            assert all(x == 1 for x in complete(keys=[PREFIX], args=outcome_args))
+                outcome_args += [entry, fence, SPEC, 3, DAY_MS, "", "", "ok", "null", 0]
+            assert complete(keys=[PREFIX], args=outcome_args) == b"1" * len(births)
         done += 100
 
 

@@ -4,19 +4,30 @@
 -- list, which XREADGROUP has just given this executor: its idle time is the lease's age
 -- (renew.lua resets it and records the holder's lease in LEASES; reclaim.lua takes back
 -- entries idle longer than it), so a claim writes no lease of its own.
--- ARGV: executor id, max deliveries (>= 1), dead ttl (ms), then pairs of (entry id, task id).
+-- ARGV: executor id, max deliveries (>= 1), dead ttl (ms), the number B of birth entries
+-- (entries without an `id` field: the fast path), the B birth entry ids, then pairs of
+-- (entry id, task id) for the other entries.
 -- A paused queue claims nothing: the entries go back to the end of the stream as they were,
 -- so no task starts once PauseQueue has answered, whatever an executor has heard so far.
--- Returns {paused (0/1), rows}, a row per claimed task: id, attempt, spec (the immutable fields,
--- packed; empty for a birth entry, whose spec the executor has just read), max attempts (empty
--- likewise),
--- ms spent waiting since queued, deliveries without an outcome (this one included; more than 1:
--- an earlier delivery ended with its executor gone), fencing token. Entries whose task is gone,
--- cancelled or superseded are acknowledged and skipped; a task delivered more than max
--- deliveries times without an outcome is poison and goes DEAD.
+-- Returns {paused (0/1), rows, births, now}:
+--   births = 1 when every birth entry was claimed as one (none of them has a record, the
+--   common case): each is RUNNING at attempt 1 under its birth token, with nothing written,
+--   and the executor builds its task from the entry it read (its token from the entry id,
+--   its wait from `now`, Redis's clock in ms). The reply carries nothing per birth entry:
+--   converting a row into a reply is the largest part of a claim's cost.
+--   births = 0 when some birth entry has a record (cancelled, or its record materialized while
+--   it waited): then every entry is claimed as below and has its row, or none.
+--   A row per claimed task: id, attempt, spec (the immutable fields, packed; empty for a birth
+--   entry, whose spec the executor has just read), max attempts (empty likewise), ms spent
+--   waiting since queued, deliveries without an outcome (this one included; more than 1: an
+--   earlier delivery ended with its executor gone), fencing token. Entries whose task is gone,
+--   cancelled or superseded are acknowledged and skipped; a task delivered more than max
+--   deliveries times without an outcome is poison and goes DEAD.
 local executor = ARGV[1]
 local max_deliveries = tonumber(ARGV[2])
 local dead_ttl = tonumber(ARGV[3])
+local births = tonumber(ARGV[4]) or 0
+local first_pair = 5 + births
 local now = now_ms()
 local now_s = tostring(now)
 local out = {}
@@ -24,9 +35,14 @@ local out = {}
 -- and repeats every heartbeat interval: not once more per claim call. Until it lands, reclaim
 -- judges the consumer by its own lease, and just-claimed entries are not idle anyway.)
 
+-- Every entry read, as (entry id, task id): a birth entry names its task.
+local function each_entry(visit)
+  for i = 5, first_pair - 1 do visit(ARGV[i], ARGV[i]) end
+  for i = first_pair, #ARGV, 2 do visit(ARGV[i], ARGV[i + 1]) end
+end
+
 if redis.call('EXISTS', PAUSED) == 1 then
-  for i = 4, #ARGV, 2 do
-    local entry, id = ARGV[i], ARGV[i + 1]
+  each_entry(function(entry, id)
     local key = record_key(id)
     if id == entry and redis.call('EXISTS', key) == 0 then materialize(id, now, nil, true) end
     local r = redis.call('HMGET', key, 'state', 'entry')
@@ -34,9 +50,9 @@ if redis.call('EXISTS', PAUSED) == 1 then
       drop_entry(entry)
       enqueue(id, key, now)
     end
-  end
+  end)
   flush_notifications()
-  return {1, {}}
+  return {1, {}, 0, now}
 end
 
 -- The row returned for a claimed task, from the fields of the HMGET below.
@@ -45,8 +61,23 @@ local function claimed_row(id, attempt, r, deliveries, fence)
     deliveries, fence}
 end
 
-for i = 4, #ARGV, 2 do
-  local entry, id = ARGV[i], ARGV[i + 1]
+-- The fast path: when none of the birth entries has a record, all of them are claimed by
+-- the read itself; one EXISTS tells (in slices, within Lua's unpack limit).
+local births_claimed = 0
+if births > 0 then
+  local recorded = 0
+  for i = 5, first_pair - 1, 1000 do
+    local keys = {}
+    for j = i, math.min(i + 999, first_pair - 1) do keys[#keys + 1] = record_key(ARGV[j]) end
+    recorded = recorded + redis.call('EXISTS', unpack(keys))
+  end
+  if recorded == 0 then
+    births_claimed = 1
+    for i = 5, first_pair - 1 do changed[#changed + 1] = ARGV[i] end
+  end
+end
+
+local function claim_entry(entry, id)
   local key = record_key(id)
   local r
   if id == entry and redis.call('EXISTS', key) == 0 then
@@ -60,7 +91,7 @@ for i = 4, #ARGV, 2 do
     -- token, with nothing written. Its spec and options are in the entry the executor read,
     -- so the row leaves them empty.
     local ms = stream_id_parts(entry)
-    out[#out + 1] = {id, 1, '', '', math.max(0, now - ms), 1, birth_fence(entry)}
+    out[#out + 1] = {id, 1, '', '', math.max(0, now - ms), 1, (birth_fence(entry))}
     notify(id, S_RUNNING)
   elseif r[1] == S_RUNNING and r[2] == entry and r[6] == executor then
     -- This executor's own claim, delivered again: a retried claim whose first answer was lost
@@ -97,5 +128,10 @@ for i = 4, #ARGV, 2 do
     end
   end
 end
+if births_claimed == 1 then
+  for i = first_pair, #ARGV, 2 do claim_entry(ARGV[i], ARGV[i + 1]) end
+else
+  each_entry(claim_entry)
+end
 flush_notifications()
-return {0, out}
+return {0, out, births_claimed, now}

@@ -189,11 +189,19 @@ local function stream_id_parts(id)
 end
 
 -- The fencing token of a birth entry's first attempt: its id in microseconds-ish
--- (ms * 1000 + seq, capped): a value any later token (next_fence, from Redis's clock in
--- microseconds) exceeds.
+-- (ms * 1000 + min(seq, 999)): a value any later token (next_fence, from Redis's clock in
+-- microseconds) exceeds. Built with string operations (no number parsing or formatting, which
+-- cost more in Lua), equal to the executor's `birth_fence` (queue/src/consumer.rs). Also
+-- returns the entry's ms part. `entry` must be a stream id.
 local function birth_fence(entry)
-  local ms, seq = stream_id_parts(entry)
-  return string.format('%d', ms * 1000 + math.min(seq, 999))
+  local ms, seq = string.match(entry, '^0*(%d+)%-0*(%d+)$')
+  if #seq > 3 then
+    seq = '999'
+  elseif #seq < 3 then
+    seq = string.rep('0', 3 - #seq) .. seq
+  end
+  if ms == '0' then return string.format('%d', tonumber(seq)), ms end
+  return ms .. seq, ms
 end
 
 -- The pending row {entry, consumer, idle ms, deliveries} of `entry`, or nil (also when no

@@ -1,15 +1,19 @@
 -- Records the outcomes of a batch of attempts and acknowledges their entries.
--- ARGV: dead ttl (ms), executor id, then 10 values per outcome:
+-- ARGV: dead ttl (ms), executor id, the smallest and the largest outcome id that is a stream
+-- entry id (both empty when none is), then 10 values per outcome:
 --   id, fencing token (the claim's `f`), then what the record of a task that has none yet (the
 --   fast path) is written with: spec (packed, as claimed), max attempts, result ttl (ms),
 --   priority, idempotency key (all but the spec empty for a task with a record); then kind
 --   (ok | retry | fail | cancel), result or error, retry delay (ms).
 -- An outcome is written only if the task is still RUNNING under that token: a late outcome
--- from an executor that lost its lease is rejected. Returns 1 (written) or 0 (rejected) per
--- outcome, -1 when the task's record is damaged, or 2 when this very outcome had already been recorded (`of`, the token of the
--- recorded outcome, matches: a retried write whose first answer was lost).
+-- from an executor that lost its lease is rejected. Returns one character per outcome, in
+-- order (a string: a table of numbers costs more to send back): '1' written, '0' rejected,
+-- 'd' the task's record is damaged, '2' this very outcome had already been recorded (`of`,
+-- the token of the recorded outcome, matches: a retried write whose first answer was lost).
 local dead_ttl = tonumber(ARGV[1])
 local executor = ARGV[2]
+local lowest_entry, highest_entry = ARGV[3], ARGV[4]
+local FIRST = 5
 local now = now_ms()
 local now_s = tostring(now)
 local out = {}
@@ -64,7 +68,7 @@ local min_ttl = nil
 -- Books a success in the batch-wide commands below (one XACK of the entries, their removal,
 -- one ZADD into DONE, one trim of it by the smallest TTL) and the counts.
 local function succeeded_one(id, entry, ttl)
-  out[#out + 1] = 1
+  out[#out + 1] = '1'
   if entry and entry ~= '' then ok_entries[#ok_entries + 1] = entry end
   ok_done[#ok_done + 1] = now_s
   ok_done[#ok_done + 1] = id
@@ -73,41 +77,53 @@ local function succeeded_one(id, entry, ttl)
   notify(id, S_SUCCEEDED)
   succeeded = succeeded + 1
 end
--- This executor's pending entries among the birth entries of the batch (the fast path's
--- fence check: the entry must still be pending to this executor), in one XPENDING.
+-- This executor's pending entries among the entry-named tasks of the batch (the fast path's
+-- fence check: the entry must still be pending to this executor), in one XPENDING over the
+-- range the executor worked out.
 local mine = {}
-local lo, hi, births = nil, nil, 0
-for i = 3, #ARGV, 10 do
-  local ms, seq = stream_id_parts(ARGV[i])
-  if ms then
-    births = births + 1
-    if not lo or ms < lo[1] or (ms == lo[1] and seq < lo[2]) then lo = {ms, seq, ARGV[i]} end
-    if not hi or ms > hi[1] or (ms == hi[1] and seq > hi[2]) then hi = {ms, seq, ARGV[i]} end
-  end
-end
-if births > 0 then
-  local ok, rows = pcall(redis.call, 'XPENDING', STREAM, GROUP, lo[3], hi[3], 100000, executor)
+if lowest_entry ~= '' then
+  local ok, rows = pcall(redis.call, 'XPENDING', STREAM, GROUP, lowest_entry, highest_entry,
+    100000, executor)
   if ok then
     for _, p in ipairs(rows) do mine[p[1]] = p end
   end
 end
-for i = 3, #ARGV, 10 do
+-- Whether any of those has a record: one EXISTS for all of them. The common answer is none (a
+-- birth task that nothing else happened to), and then they need no HMGET each.
+local mine_recorded = false
+if next(mine) ~= nil then
+  local keys = {}
+  for i = FIRST, #ARGV, 10 do
+    if mine[ARGV[i]] then keys[#keys + 1] = record_key(ARGV[i]) end
+  end
+  for i = 1, #keys, 1000 do
+    if redis.call('EXISTS', unpack(keys, i, math.min(i + 999, #keys))) > 0 then
+      mine_recorded = true
+    end
+  end
+end
+local FIELDS = {'state', 'f', 'entry', 'max', 'cancel', 'exec', 'ttl', 'err', 'of', 'att'}
+for i = FIRST, #ARGV, 10 do
   local id, fence, spec, max = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
-  local kind, body, delay = ARGV[i + 7], ARGV[i + 8], tonumber(ARGV[i + 9])
+  local kind, body = ARGV[i + 7], ARGV[i + 8]
   local key = record_key(id)
-  local r = redis.call('HMGET', key, 'state', 'f', 'entry', 'max', 'cancel', 'exec', 'ttl', 'err',
-    'of', 'att')
+  local p = mine[id]
+  local r
+  if p and not mine_recorded then
+    r = {}
+  else
+    r = redis.call('HMGET', key, unpack(FIELDS))
+  end
   -- A birth entry's task (the fast path) has no record until now. Its attempt still holds it
   -- when the entry is pending to this executor and the token is the birth token.
-  local fast = nil
-  if not r[1] and mine[id] then
-    local p = mine[id]
-    if birth_fence(id) == fence then
+  local fast, created = nil, nil
+  if not r[1] and p then
+    local token, ms = birth_fence(id)
+    if token == fence then
       if kind == 'ok' then
-        fast = p
+        fast, created = p, ms
       elseif materialize(id, now, nil, false) then
-        r = redis.call('HMGET', key, 'state', 'f', 'entry', 'max', 'cancel', 'exec', 'ttl', 'err',
-          'of', 'att')
+        r = redis.call('HMGET', key, unpack(FIELDS))
       end
     end
   end
@@ -117,8 +133,8 @@ for i = 3, #ARGV, 10 do
     -- nothing a finished task does not need.
     local ttl = ARGV[i + 4]
     if not tonumber(ttl) then ttl = '86400000' end
-    local record = {'spec', spec, 'max', max, 'ctime', string.match(id, '^(%d+)'), 'att', '1',
-      'of', fence, 'exec', executor, 'stime', string.format('%d', now - (tonumber(fast[3]) or 0)),
+    local record = {'spec', spec, 'max', max, 'ctime', created, 'att', '1',
+      'of', fence, 'exec', executor, 'stime', now - (tonumber(fast[3]) or 0),
       'res', body, 'state', S_SUCCEEDED, 'ftime', now_s}
     put_field(record, 'prio', ARGV[i + 5])
     put_field(record, 'idem', ARGV[i + 6])
@@ -126,9 +142,9 @@ for i = 3, #ARGV, 10 do
     redis.call('PEXPIRE', key, ttl)
     succeeded_one(id, id, ttl)
   elseif r[9] == fence and r[6] == executor then
-    out[#out + 1] = 2
+    out[#out + 1] = '2'
   elseif r[1] ~= S_RUNNING or r[2] ~= fence then
-    out[#out + 1] = 0
+    out[#out + 1] = '0'
   elseif kind == 'ok' then
     local ttl = r[7] or '86400000'
     -- 'entry' is emptied in the same HSET rather than deleted: every reader treats '' as none.
@@ -139,11 +155,11 @@ for i = 3, #ARGV, 10 do
     if r[8] then redis.call('PEXPIRE', errors_key(id), ttl) end
     succeeded_one(id, r[3], ttl)
   elseif not tonumber(r[4]) or not tonumber(attempt) then
-    -- A damaged record: reported (-1), never guessed at. Its lease runs out and reclaim.lua
+    -- A damaged record: reported ('d'), never guessed at. Its lease runs out and reclaim.lua
     -- buries it with the reason.
-    out[#out + 1] = -1
+    out[#out + 1] = 'd'
   else
-    out[#out + 1] = 1
+    out[#out + 1] = '1'
     drop_entry(r[3])
     redis.call('HSET', key, 'dlv', 0, 'of', fence)
     if kind == 'cancel' then
@@ -157,7 +173,7 @@ for i = 3, #ARGV, 10 do
       elseif r[5] == '1' then
         finish(id, key, S_CANCELLED, now)
       else
-        local due = now + delay
+        local due = now + tonumber(ARGV[i + 9])
         redis.call('HSET', key, 'state', S_RETRYING, 'rtime', due)
         redis.call('HDEL', key, 'entry')
         redis.call('ZADD', RETRYING, due, id)
@@ -175,4 +191,4 @@ end
 if succeeded > 0 then count('succeeded', succeeded, now) end
 if failed > 0 then count('failed', failed, now) end
 flush_notifications()
-return out
+return table.concat(out)

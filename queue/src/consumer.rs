@@ -9,12 +9,12 @@ use redis::aio::ConnectionManager;
 
 use crate::broker::Broker;
 use crate::keys::{ENTRY_TASK_FIELD, GROUP, STREAM};
-
-/// [`ENTRY_TASK_FIELD`] as bytes, to match entry field names against.
-const ENTRY_TASK_FIELD_BYTES: &[u8] = ENTRY_TASK_FIELD.as_bytes();
 use crate::spec;
 use crate::task::{Birth, ClaimedTask, Completion, Outcome, TaskId};
 use crate::{Error, Result};
+
+/// [`ENTRY_TASK_FIELD`] as bytes, to match entry field names against.
+const ENTRY_TASK_FIELD_BYTES: &[u8] = ENTRY_TASK_FIELD.as_bytes();
 
 /// A connection of its own for blocking reads (`XREADGROUP ... BLOCK`), which would otherwise
 /// hold up every command pipelined behind them on the shared connection.
@@ -59,6 +59,13 @@ pub struct ReadEntry {
     max_attempts: Option<String>,
     /// A birth entry's options (fields `ttl`, `prio`, `idem`).
     birth: Birth,
+}
+
+impl ReadEntry {
+    /// Whether this is a birth entry: it names its task (it has no `id` field).
+    fn is_birth(&self) -> bool {
+        self.task == self.entry
+    }
 }
 
 /// What a claim did with the entries just read.
@@ -168,29 +175,46 @@ impl Broker {
         if entries.is_empty() {
             return Ok(Claimed::default());
         }
+        let (births, others): (Vec<&ReadEntry>, Vec<&ReadEntry>) =
+            entries.iter().partition(|read| read.is_birth());
         let mut invocation = self.scripts.claim.key(self.keys.queue_prefix(queue));
         invocation
             .arg(executor_id)
             .arg(max_deliveries.max(1))
-            .arg(self.config.dead_ttl.as_millis() as u64);
-        for read in entries {
+            .arg(self.config.dead_ttl.as_millis() as u64)
+            .arg(births.len());
+        for read in &births {
+            invocation.arg(&read.entry);
+        }
+        for read in &others {
             invocation.arg(&read.entry).arg(&read.task);
         }
         let mut con = self.con.clone();
-        let (paused, rows): (i64, Vec<Vec<Value>>) =
+        let (paused, rows, births_claimed, now_ms): (i64, Vec<Vec<Value>>, i64, u64) =
             self.timed(invocation.invoke_async(&mut con)).await?;
         // A damaged record must not hold up the rest of the batch: it is left RUNNING, so its
         // lease runs out and reclaim counts the lost deliveries until it goes DEAD as poison.
-        let tasks = rows
-            .into_iter()
-            .filter_map(|row| match claimed_from_row(queue, row, entries) {
-                Ok(task) => Some(task),
-                Err(error) => {
-                    tracing::error!(%queue, %error, "claimed a task whose record is damaged; skipping it");
-                    None
-                }
-            })
-            .collect();
+        let skip_damaged = |claimed: Result<ClaimedTask>| match claimed {
+            Ok(task) => Some(task),
+            Err(error) => {
+                tracing::error!(%queue, %error, "claimed a task whose record is damaged; skipping it");
+                None
+            }
+        };
+        let mut tasks = Vec::with_capacity(entries.len());
+        if births_claimed == 1 {
+            // Every birth entry was claimed by the read itself: the script sent nothing back
+            // for them, and each task comes from the entry just read.
+            tasks.extend(
+                births
+                    .into_iter()
+                    .filter_map(|read| skip_damaged(birth_task(queue, read, now_ms))),
+            );
+        }
+        tasks.extend(
+            rows.into_iter()
+                .filter_map(|row| skip_damaged(claimed_from_row(queue, row, entries))),
+        );
         Ok(Claimed {
             paused: paused == 1,
             tasks,
@@ -216,9 +240,22 @@ impl Broker {
         let mut written: Vec<Option<Result<Written>>> = completions.iter().map(|_| None).collect();
         for (queue, indexes) in by_queue {
             let mut invocation = self.scripts.complete.key(self.keys.queue_prefix(queue));
+            // The range of entry-named tasks in the batch, for the script's one XPENDING.
+            let entry_named = indexes.iter().filter_map(|&index| {
+                let local = completions[index].id.local();
+                stream_id_parts(local).map(|parts| (parts, local))
+            });
+            let lowest = entry_named.clone().min_by_key(|(parts, _)| *parts);
+            let highest = entry_named.max_by_key(|(parts, _)| *parts);
+            let (lowest, highest) = (
+                lowest.map_or("", |(_, l)| l),
+                highest.map_or("", |(_, l)| l),
+            );
             invocation
                 .arg(self.config.dead_ttl.as_millis() as u64)
-                .arg(executor_id);
+                .arg(executor_id)
+                .arg(lowest)
+                .arg(highest);
             for &index in &indexes {
                 let completion = completions[index];
                 invocation
@@ -240,7 +277,7 @@ impl Broker {
                 };
             }
             let mut con = self.con.clone();
-            let reply: Result<Vec<i64>> = self.timed(invocation.invoke_async(&mut con)).await;
+            let reply: Result<Vec<u8>> = self.timed(invocation.invoke_async(&mut con)).await;
             match reply {
                 Ok(flags) if flags.len() == indexes.len() => {
                     for (&index, flag) in indexes.iter().zip(flags) {
@@ -582,13 +619,17 @@ pub enum Written {
 }
 
 impl Written {
-    fn from_flag(flag: i64) -> Result<Self> {
+    /// One character of the complete script's answer.
+    fn from_flag(flag: u8) -> Result<Self> {
         match flag {
-            1 => Ok(Self::Recorded),
-            2 => Ok(Self::AlreadyRecorded),
-            0 => Ok(Self::Fenced),
-            -1 => Ok(Self::DamagedRecord),
-            other => Err(Error::Corrupt(format!("complete script answered {other}"))),
+            b'1' => Ok(Self::Recorded),
+            b'2' => Ok(Self::AlreadyRecorded),
+            b'0' => Ok(Self::Fenced),
+            b'd' => Ok(Self::DamagedRecord),
+            other => Err(Error::Corrupt(format!(
+                "complete script answered {:?}",
+                char::from(other)
+            ))),
         }
     }
 }
@@ -600,6 +641,82 @@ pub enum AttemptToken {
     Fence(u64),
     /// The attempt number alone, from a remote handler that predates fencing tokens.
     Attempt(u32),
+}
+
+/// The fencing token of a birth entry's first attempt, from its id `<ms>-<seq>`:
+/// `ms * 1000 + min(seq, 999)` (`birth_fence` in common.lua, which checks it at the outcome).
+/// `None` when `entry` is not a stream id.
+pub(crate) fn birth_fence(entry: &str) -> Option<u64> {
+    let (ms, seq) = stream_id_parts(entry)?;
+    Some(ms.saturating_mul(1000).saturating_add(seq.min(999)))
+}
+
+/// The (ms, seq) numbers of a stream id.
+fn stream_id_parts(entry: &str) -> Option<(u64, u64)> {
+    let (ms, seq) = entry.split_once('-')?;
+    Some((ms.parse().ok()?, seq.parse().ok()?))
+}
+
+/// The task of a birth entry claimed by its read: attempt 1 of its first delivery, under its
+/// birth token, having waited since its entry was written (`now_ms`: Redis's clock).
+fn birth_task(queue: &str, read: &ReadEntry, now_ms: u64) -> Result<ClaimedTask> {
+    let local = &read.entry;
+    let (ms, _) = stream_id_parts(local)
+        .ok_or_else(|| Error::Corrupt(format!("birth entry id {local:?} is not a stream id")))?;
+    let fence = birth_fence(local).unwrap_or_default();
+    claimed_task(
+        queue,
+        local,
+        ClaimFields {
+            attempt: 1,
+            packed: read.spec.clone().unwrap_or_default(),
+            max_attempts: read.max_attempts.as_deref().unwrap_or_default(),
+            queue_wait_ms: now_ms.saturating_sub(ms),
+            deliveries: 1,
+            fence,
+            birth: Some(read.birth.clone()),
+        },
+    )
+}
+
+/// What a claim says of one task, before its spec is decoded.
+struct ClaimFields<'a> {
+    attempt: u32,
+    packed: Vec<u8>,
+    max_attempts: &'a str,
+    queue_wait_ms: u64,
+    deliveries: u32,
+    fence: u64,
+    birth: Option<Birth>,
+}
+
+/// A claimed task from what its claim said: its packed spec decoded.
+fn claimed_task(queue: &str, local: &str, fields: ClaimFields<'_>) -> Result<ClaimedTask> {
+    let packed = fields.packed;
+    let spec = spec::decode(&packed).map_err(|e| Error::Corrupt(format!("task {local}: {e}")))?;
+    let max_attempts = fields.max_attempts.parse().map_err(|_| {
+        Error::Corrupt(format!(
+            "task {local}: max attempts is {:?}",
+            fields.max_attempts
+        ))
+    })?;
+    Ok(ClaimedTask {
+        id: TaskId::from_parts(queue, local),
+        attempt: fields.attempt,
+        fence: fields.fence,
+        task_type: spec.task_type,
+        payload: spec.payload,
+        content_type: spec.content_type,
+        timeout: spec.timeout,
+        max_attempts,
+        backoff: spec.backoff.unwrap_or_default(),
+        headers: spec.headers,
+        traceparent: spec.traceparent,
+        queue_wait: Duration::from_millis(fields.queue_wait_ms),
+        deliveries: fields.deliveries,
+        spec: packed,
+        birth: fields.birth,
+    })
 }
 
 /// A claim row as a task. A birth entry's row leaves its spec and max attempts empty: they
@@ -632,26 +749,17 @@ fn claimed_from_row(queue: &str, row: Vec<Value>, entries: &[ReadEntry]) -> Resu
     let fence: u64 = fence
         .parse()
         .map_err(|_| Error::Corrupt(format!("task {local}: fencing token is {fence:?}")))?;
-    let packed = spec;
-    let spec = spec::decode(&packed).map_err(|e| Error::Corrupt(format!("task {local}: {e}")))?;
-    let max_attempts = max_attempts
-        .parse()
-        .map_err(|_| Error::Corrupt(format!("task {local}: max attempts is {max_attempts:?}")))?;
-    Ok(ClaimedTask {
-        id: TaskId::from_parts(queue, &local),
-        attempt,
-        fence,
-        task_type: spec.task_type,
-        payload: spec.payload,
-        content_type: spec.content_type,
-        timeout: spec.timeout,
-        max_attempts,
-        backoff: spec.backoff.unwrap_or_default(),
-        headers: spec.headers,
-        traceparent: spec.traceparent,
-        queue_wait: Duration::from_millis(queue_wait_ms),
-        deliveries,
-        spec: packed,
-        birth,
-    })
+    claimed_task(
+        queue,
+        &local,
+        ClaimFields {
+            attempt,
+            packed: spec,
+            max_attempts: &max_attempts,
+            queue_wait_ms,
+            deliveries,
+            fence,
+            birth,
+        },
+    )
 }

@@ -795,6 +795,102 @@ async fn a_task_without_a_record_is_taken_back_and_its_stale_outcome_refused() -
     Ok(())
 }
 
+/// The birth token is computed twice, by the executor (from the entry id it read) and by the
+/// scripts (from the task id, when they fence its outcome), and the two must agree for every
+/// id Redis can give an entry, or a fast-path task's outcome would be refused. Entries with
+/// the ids at the edges of the arithmetic (`ms * 1000 + min(seq, 999)`: a zero ms part, a
+/// sequence of three digits and of more, a long one) are claimed by a real claim and
+/// completed by a real outcome write: every token is the one expected, and every outcome is
+/// recorded.
+#[tokio::test]
+async fn birth_tokens_agree_between_executor_and_scripts() -> anyhow::Result<()> {
+    use tarefa_queue::{Completion, Outcome, Written};
+    let h = Harness::builder().executors(0).start().await?;
+    // A real packed spec, taken from a real birth entry in another queue.
+    let model = h
+        .client
+        .submit_with(
+            Echo(serde_json::json!("edge")),
+            &SubmitOptions::queue("model"),
+        )
+        .await?;
+    let (_, model_entry) = model.id().split_once(':').expect("queue:entry");
+    let mut con = h.redis.connection();
+    type Entry = (String, Vec<(String, Vec<u8>)>);
+    let rows: Vec<Entry> = redis::cmd("XRANGE")
+        .arg("tarefa:{model}:stream")
+        .arg(model_entry)
+        .arg(model_entry)
+        .query(&mut con)?;
+    let fields = &rows.first().expect("the model entry").1;
+    let ids = [
+        "0-5",
+        "1-0",
+        "2-7",
+        "3-999",
+        "4-1000",
+        "5-123456",
+        "1795990708040-42",
+    ];
+    for id in ids {
+        let mut xadd = redis::cmd("XADD");
+        xadd.arg("tarefa:{edges}:stream").arg(id);
+        for (name, value) in fields {
+            xadd.arg(name).arg(value.as_slice());
+        }
+        let _: String = xadd.query(&mut con)?;
+    }
+    let broker =
+        tarefa_queue::Broker::new(tarefa_queue::BrokerConfig::new(h.redis.url().as_str()))?;
+    broker.ensure_group("edges").await?;
+    let mut reader = broker.reader(Duration::from_millis(100))?;
+    let entries = reader.read("edges", "edge-executor", 100).await?;
+    assert_eq!(entries.len(), ids.len(), "{entries:?}");
+    let claimed = broker.claim("edges", "edge-executor", 5, &entries).await?;
+    assert_eq!(claimed.tasks.len(), ids.len(), "{:?}", claimed.tasks);
+    let mut completions = Vec::new();
+    for task in &claimed.tasks {
+        let (ms, seq) = task.id.local().split_once('-').expect("an entry id");
+        let expected = ms.parse::<u64>()? * 1000 + seq.parse::<u64>()?.min(999);
+        assert_eq!(task.fence, expected, "birth token of {}", task.id);
+        assert_eq!((task.attempt, task.deliveries), (1, 1), "{}", task.id);
+        let running = h.client.get(&task.id.to_string()).await?;
+        assert_eq!(running.state(), TaskState::Running, "{}", task.id);
+        completions.push(Completion {
+            id: task.id.clone(),
+            fence: task.fence,
+            spec: task.spec.clone(),
+            max_attempts: task.max_attempts,
+            birth: task.birth.clone(),
+            outcome: Outcome::Succeeded(b"\"edge\"".to_vec()),
+        });
+    }
+    let written = broker
+        .complete("edge-executor", &completions.iter().collect::<Vec<_>>())
+        .await;
+    for (completion, written) in completions.iter().zip(&written) {
+        assert!(
+            matches!(written, Ok(Written::Recorded)),
+            "{}: {written:?}",
+            completion.id
+        );
+        let task = h.client.get(&completion.id.to_string()).await?;
+        assert_eq!(task.state(), TaskState::Succeeded, "{}", completion.id);
+        assert_eq!(task.result, b"\"edge\"");
+    }
+    // The same outcomes again (a retried write whose answer was lost): already recorded.
+    let again = broker
+        .complete("edge-executor", &completions.iter().collect::<Vec<_>>())
+        .await;
+    assert!(
+        again
+            .iter()
+            .all(|w| matches!(w, Ok(Written::AlreadyRecorded))),
+        "{again:?}"
+    );
+    Ok(())
+}
+
 /// Cancelling a fast-path task: while it waits it is CANCELLED at once and never runs; while
 /// it runs (before anything wrote its record) its executor hears of it at the next heartbeat
 /// and stops it.
