@@ -10,6 +10,9 @@ local DEAD = base .. 'dead'
 local DONE = base .. 'done'
 local STATS = base .. 'stats'
 local EXECUTORS = base .. 'executors'
+-- Executor -> the task layout it reads ('2': birth entries), written by its heartbeat. An
+-- executor of an earlier version has no field here (see queue/src/submit.rs).
+local LAYOUTS = base .. 'layouts'
 local PAUSED = base .. 'paused'
 -- Consumer -> lease (ms) it holds its tasks under: reclaim judges a holder by its own terms.
 local LEASES = base .. 'leases'

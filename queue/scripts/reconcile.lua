@@ -59,6 +59,7 @@ if ok2 then
       if now - last_seen > stale then
         redis.call('XGROUP', 'DELCONSUMER', STREAM, GROUP, name)
         redis.call('HDEL', EXECUTORS, name)
+        redis.call('HDEL', LAYOUTS, name)
         removed = removed + 1
       end
     end
@@ -68,7 +69,10 @@ end
 local beats = redis.call('HGETALL', EXECUTORS)
 for i = 1, #beats, 2 do
   local last_seen = tonumber(string.match(beats[i + 1], '^(%d+)')) or 0
-  if now - last_seen > stale * 10 then redis.call('HDEL', EXECUTORS, beats[i]) end
+  if now - last_seen > stale * 10 then
+    redis.call('HDEL', EXECUTORS, beats[i])
+    redis.call('HDEL', LAYOUTS, beats[i])
+  end
 end
 
 flush_notifications()

@@ -18,6 +18,7 @@ local now = now_ms()
 serving_since(now)
 redis.call('HSET', EXECUTORS, executor, now .. '|' .. ARGV[2] .. '|' .. ARGV[3])
 redis.call('HSET', LEASES, executor, ARGV[4])
+redis.call('HSET', LAYOUTS, executor, '2')
 local max_deliveries = tonumber(ARGV[5])
 local lost, cancelled, entries = {}, {}, {}
 for i = 6, #ARGV, 2 do

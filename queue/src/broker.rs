@@ -1,10 +1,10 @@
 //! The [`Broker`]: one shared, reconnecting Redis connection plus the key layout and scripts.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
@@ -98,6 +98,9 @@ pub struct Broker {
     pub(crate) config: BrokerConfig,
     /// Queues this process has already added to the queue set, so a submit adds it once.
     pub(crate) known_queues: Arc<Mutex<HashSet<String>>>,
+    /// Per queue: when it was last checked for executors of an earlier version, and whether
+    /// birth entries were safe then (see `birth_entries_safe`).
+    pub(crate) layout_checks: Arc<Mutex<HashMap<String, (Instant, bool)>>>,
 }
 
 impl std::fmt::Debug for Broker {
@@ -139,6 +142,7 @@ impl Broker {
             scripts: Arc::new(Scripts::new()),
             config,
             known_queues: Arc::default(),
+            layout_checks: Arc::default(),
         })
     }
 

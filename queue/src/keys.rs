@@ -20,6 +20,10 @@ pub const DEAD: &str = "dead";
 pub const DONE: &str = "done";
 /// Hash of executor id -> `last_seen_ms|host|in_flight`.
 pub const EXECUTORS: &str = "executors";
+/// Hash of executor id -> the oldest task layout it reads (`2`: it knows birth entries, the
+/// stream-native fast path). Executors of earlier versions never write it, which is how a
+/// scheduler tells them apart (see `Broker::birth_entries_safe`).
+pub const LAYOUTS: &str = "layouts";
 /// Hash of the queue's running totals (submitted, succeeded, failed, dead).
 pub const STATS: &str = "stats";
 /// Present while the queue is paused.

@@ -5,10 +5,23 @@ use std::collections::HashMap;
 
 use tokio::sync::{mpsc, oneshot};
 
+use std::time::{Duration, Instant};
+
 use crate::broker::Broker;
 use crate::spec;
 use crate::task::{NewTask, Submitted, TaskId};
 use crate::{Error, Result};
+
+/// How long after its last heartbeat an executor of an earlier version still counts as alive
+/// (see `Broker::birth_entries_safe`): an executor beats every ≤ 500 ms, so a minute covers a
+/// long pause (a frozen process, a slow Redis) too.
+pub(crate) const EARLIER_EXECUTOR_LIVE_MS: u64 = 60_000;
+/// How often a scheduler looks again for executors of an earlier version, per queue: in the
+/// background, while submits go on with the last answer...
+pub(crate) const LAYOUT_CHECK_EVERY: Duration = Duration::from_secs(1);
+/// ...unless that answer is older than this (a queue that had no submit for a while): then
+/// the submit looks first (one more round trip).
+pub(crate) const LAYOUT_CHECK_INLINE_AFTER: Duration = Duration::from_secs(10);
 
 impl Broker {
     /// Writes `tasks` (any mix of queues) and answers in their order. Tasks of one queue are
@@ -59,14 +72,18 @@ impl Broker {
         group: &[(usize, NewTask)],
     ) -> Result<Vec<Submitted>> {
         self.register_queue(queue).await?;
-        if group
-            .iter()
-            .all(|(_, t)| t.run_at_ms == 0 && t.delay_ms == 0 && t.idempotency_key.is_empty())
+        let births = self.birth_entries_safe(queue).await?;
+        if births
+            && group
+                .iter()
+                .all(|(_, t)| t.run_at_ms == 0 && t.delay_ms == 0 && t.idempotency_key.is_empty())
         {
             return self.submit_plain(queue, group).await;
         }
         let mut invocation = self.scripts.submit.key(self.keys.queue_prefix(queue));
-        invocation.arg(self.config.idempotency_window.as_millis() as u64);
+        invocation
+            .arg(self.config.idempotency_window.as_millis() as u64)
+            .arg(if births { "1" } else { "0" });
         for (_, task) in group {
             invocation
                 .arg(task.id.local())
@@ -158,6 +175,86 @@ impl Broker {
                 deduplicated: false,
             })
             .collect())
+    }
+
+    /// Whether a task due now may be born in `queue`'s stream (the fast path). Not while an
+    /// executor of an earlier version is alive there: it would take a birth entry (no `id`
+    /// field) for a leftover and delete it. Such an executor is one whose heartbeat is recent
+    /// (within [`EARLIER_EXECUTOR_LIVE_MS`]) and that has no field in the queue's
+    /// [`crate::keys::LAYOUTS`] hash, which every heartbeat of this version writes. Checked at most
+    /// once per [`LAYOUT_CHECK_EVERY`] per queue, in the background (inline when the last answer
+    /// is older than [`LAYOUT_CHECK_INLINE_AFTER`]); while one is alive, tasks due now get a
+    /// record and an entry naming it, as earlier versions wrote them.
+    pub(crate) async fn birth_entries_safe(&self, queue: &str) -> Result<bool> {
+        let cached = self
+            .layout_checks
+            .lock()
+            .ok()
+            .and_then(|checks| checks.get(queue).copied());
+        match cached {
+            Some((at, safe)) if at.elapsed() < LAYOUT_CHECK_EVERY => Ok(safe),
+            Some((at, safe)) if at.elapsed() < LAYOUT_CHECK_INLINE_AFTER => {
+                // Marked as checked now, so one refresh runs at a time.
+                self.note_layouts(queue, safe);
+                let broker = self.clone();
+                let queue = queue.to_owned();
+                tokio::spawn(async move {
+                    if let Err(error) = broker.check_layouts(&queue).await {
+                        tracing::debug!(%queue, %error, "could not look for executors of an earlier version");
+                    }
+                });
+                Ok(safe)
+            }
+            _ => self.check_layouts(queue).await,
+        }
+    }
+
+    fn note_layouts(&self, queue: &str, safe: bool) {
+        if let Ok(mut checks) = self.layout_checks.lock() {
+            checks.insert(queue.to_owned(), (Instant::now(), safe));
+        }
+    }
+
+    /// Looks for live executors of an earlier version on `queue` (see
+    /// [`Self::birth_entries_safe`]) and remembers the answer.
+    async fn check_layouts(&self, queue: &str) -> Result<bool> {
+        let mut con = self.con.clone();
+        let (time, beats, layouts): ((u64, u64), HashMap<String, String>, Vec<String>) = self
+            .timed(
+                redis::pipe()
+                    .cmd("TIME")
+                    .cmd("HGETALL")
+                    .arg(self.keys.queue_key(queue, crate::keys::EXECUTORS))
+                    .cmd("HKEYS")
+                    .arg(self.keys.queue_key(queue, crate::keys::LAYOUTS))
+                    .query_async(&mut con),
+            )
+            .await?;
+        let now_ms = time.0 * 1000 + time.1 / 1000;
+        let earlier: Vec<&String> = beats
+            .iter()
+            .filter(|(executor, beat)| {
+                let last_seen: u64 = beat
+                    .split('|')
+                    .next()
+                    .and_then(|ms| ms.parse().ok())
+                    .unwrap_or(0);
+                now_ms.saturating_sub(last_seen) <= EARLIER_EXECUTOR_LIVE_MS
+                    && !layouts.contains(executor)
+            })
+            .map(|(executor, _)| executor)
+            .collect();
+        let safe = earlier.is_empty();
+        if !safe {
+            tracing::warn!(
+                %queue,
+                executors = ?earlier,
+                "executors of an earlier version are alive on this queue: tasks due now get a \
+                 record, as they expect, until those executors are gone (upgrade them)"
+            );
+        }
+        self.note_layouts(queue, safe);
+        Ok(safe)
     }
 
     /// Adds `queue` to the set of known queues, once per process.

@@ -891,6 +891,100 @@ async fn birth_tokens_agree_between_executor_and_scripts() -> anyhow::Result<()>
     Ok(())
 }
 
+/// A rolling upgrade where the scheduler goes first. An executor of an earlier version takes a
+/// birth entry (a task due now that lives in its stream entry, with no `id` field) for a
+/// leftover and deletes it, so while one is alive the scheduler must not write any: tasks due
+/// now get a record (a ULID id) and an entry naming it, as earlier versions wrote them. Such an
+/// executor shows as a heartbeat without a field in the queue's `layouts` hash (its heartbeat
+/// script predates it); here one is forged beside a real executor of this version. Every task
+/// submitted meanwhile (plain, and with an idempotency key: deduplicated as ever) runs, and once
+/// the earlier executor is gone the fast path comes back.
+#[tokio::test]
+async fn executors_of_an_earlier_version_get_tasks_they_can_read() -> anyhow::Result<()> {
+    let h = Harness::builder().executors(1).start().await?;
+    h.wait_for_executors("default", 1).await;
+    let is_entry_id = |id: &str| {
+        id.rsplit_once(':')
+            .is_some_and(|(_, local)| local.contains('-'))
+    };
+    let before = h.client.submit(Echo(serde_json::json!("before"))).await?;
+    assert!(is_entry_id(before.id()), "{}", before.id());
+
+    let mut con = h.redis.connection();
+    let (secs, micros): (u64, u64) = redis::cmd("TIME").query(&mut con)?;
+    let now_ms = secs * 1000 + micros / 1000;
+    let _: i64 = redis::cmd("HSET")
+        .arg("tarefa:{default}:executors")
+        .arg("executor-of-an-earlier-version")
+        .arg(format!("{now_ms}|old-host|0"))
+        .query(&mut con)?;
+    let during = eventually(
+        "a submit that gets a record, while the earlier executor is alive",
+        Duration::from_secs(10),
+        || async {
+            let handle = h
+                .client
+                .submit(Echo(serde_json::json!("during")))
+                .await
+                .ok()?;
+            (!is_entry_id(handle.id())).then_some(handle)
+        },
+    )
+    .await;
+    let local = during.id().rsplit_once(':').map_or("", |(_, l)| l);
+    assert_eq!(local.len(), 26, "a ULID: {}", during.id());
+    let kept = h.wait_final(during.id(), Duration::from_secs(10)).await;
+    assert_eq!(kept.state(), TaskState::Succeeded, "{:?}", kept.errors);
+    assert_eq!(kept.result, b"\"during\"");
+    let keyed = SubmitOptions {
+        idempotency_key: Some("during-upgrade".to_owned()),
+        ..SubmitOptions::default()
+    };
+    let first = h
+        .client
+        .submit_with(Echo(serde_json::json!("keyed")), &keyed)
+        .await?;
+    let second = h
+        .client
+        .submit_with(Echo(serde_json::json!("keyed")), &keyed)
+        .await?;
+    assert!(!is_entry_id(first.id()), "{}", first.id());
+    assert_eq!(first.id(), second.id(), "deduplicated as ever");
+    let keyed_task = h.wait_final(first.id(), Duration::from_secs(10)).await;
+    assert_eq!(
+        keyed_task.state(),
+        TaskState::Succeeded,
+        "{:?}",
+        keyed_task.errors
+    );
+
+    let _: i64 = redis::cmd("HDEL")
+        .arg("tarefa:{default}:executors")
+        .arg("executor-of-an-earlier-version")
+        .query(&mut con)?;
+    let after = eventually(
+        "a submit born in the stream again, once the earlier executor is gone",
+        Duration::from_secs(15),
+        || async {
+            let handle = h
+                .client
+                .submit(Echo(serde_json::json!("after")))
+                .await
+                .ok()?;
+            is_entry_id(handle.id()).then_some(handle)
+        },
+    )
+    .await;
+    let finished = h.wait_final(after.id(), Duration::from_secs(10)).await;
+    assert_eq!(
+        finished.state(),
+        TaskState::Succeeded,
+        "{:?}",
+        finished.errors
+    );
+    Ok(())
+}
+
 /// Cancelling a fast-path task: while it waits it is CANCELLED at once and never runs; while
 /// it runs (before anything wrote its record) its executor hears of it at the next heartbeat
 /// and stops it.
