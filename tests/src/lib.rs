@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use nix::sys::signal::{Signal, kill};
+use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
 
 /// Multiplies every patience, for slow machines: `TAREFA_TEST_PATIENCE=3`.
@@ -138,6 +138,8 @@ pub struct Process {
     child: Option<Child>,
     name: String,
     log: PathBuf,
+    /// Leads a process group of its own, killed whole on drop (see [`Process::start_group`]).
+    group: bool,
 }
 
 impl Process {
@@ -153,6 +155,7 @@ impl Process {
             child: Some(child),
             name: name.to_owned(),
             log,
+            group: false,
         })
     }
 
@@ -169,8 +172,13 @@ impl Process {
         }
     }
 
-    /// SIGKILLs and reaps it.
+    /// SIGKILLs and reaps it (with every process of its group, for [`Process::start_group`]).
     pub fn kill(&mut self) {
+        if self.group
+            && let Some(pid) = self.pid().filter(|p| p.as_raw() > 0)
+        {
+            let _ = killpg(pid, Signal::SIGKILL);
+        }
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
@@ -719,6 +727,18 @@ impl Process {
     /// printed when a test panics. For processes a test brings along (e.g. a Python handler).
     pub fn start(name: &str, command: &mut Command, log: PathBuf) -> anyhow::Result<Self> {
         Self::spawn(name, command, log)
+    }
+
+    /// [`Process::start`] for a process that starts processes of its own (`tarefa dev` starts
+    /// a `redis-server`): it leads a new process group, and dropping it SIGKILLs the whole
+    /// group, so a test that fails half-way leaves none of them behind. (Signals the test
+    /// sends, like SIGINT, still go to the leader alone.)
+    pub fn start_group(name: &str, command: &mut Command, log: PathBuf) -> anyhow::Result<Self> {
+        use std::os::unix::process::CommandExt as _;
+        command.process_group(0);
+        let mut process = Self::spawn(name, command, log)?;
+        process.group = true;
+        Ok(process)
     }
 }
 

@@ -239,7 +239,7 @@ async fn tarefa_dev_serves_and_ctrl_c_leaves_no_process_behind() -> anyhow::Resu
         .env_remove("TAREFA_REDIS_URL")
         .env_remove("TAREFA_SCHEDULER")
         .env("RUST_LOG", "info");
-    let mut dev = Process::start("tarefa dev", &mut command, dir.path().join("dev.log"))?;
+    let mut dev = Process::start_group("tarefa dev", &mut command, dir.path().join("dev.log"))?;
     let dev_pid = dev.pid().expect("tarefa dev runs").as_raw();
     let (grpc, http, redis) = eventually("tarefa dev to say where it listens", PATIENCE, || {
         let log = dev.log();
