@@ -240,8 +240,8 @@ _log = logging.getLogger("tarefa.client")
 _PENDING = object()
 
 # Refusals of a whole ``SubmitTasks`` that the scheduler gives before writing anything, for
-# one task's sake or the batch's size: such a batch is sent again one task at a time, so that
-# each submit gets its own answer. Anything else (UNAVAILABLE, DEADLINE_EXCEEDED, Redis full...)
+# one task's sake or the batch's size: such a batch is sent again in pieces (see
+# ``_Coalescer._pieces``), so that each submit gets its own answer. Anything else (UNAVAILABLE, DEADLINE_EXCEEDED, Redis full...)
 # may follow a partial write (a batch spanning queues writes queue by queue) and goes to every
 # submit of the batch, as separate calls would each have failed.
 _REFUSED_BEFORE_WRITING = frozenset(
@@ -253,6 +253,7 @@ _REFUSED_BEFORE_WRITING = frozenset(
 # is not.
 _EXHAUSTED_BEFORE_WRITING = re.compile(r"(tasks(\[\d+\])?(\.\w+)?|queue): ")
 _BATCH_LIMIT = re.compile(r"^tasks: has \d+ tasks; the limit is (\d+)")
+_NAMED_TASK = re.compile(r"^tasks\[(\d+)\]\.")
 
 # Stop the sending thread after this long with nothing to do (it starts again on demand), so
 # that a client that is never closed does not keep a thread forever.
@@ -367,9 +368,9 @@ class _Coalescer:
         self.pending: collections.deque[_Batch] = collections.deque()
         self.in_flight = 0
         # Refused batches to send again one submit at a time.
-        self.resends: collections.deque[tuple[_Batch, list[_CoalescedFuture]]] = (
-            collections.deque()
-        )
+        self.resends: collections.deque[
+            tuple[_Batch, collections.deque[list[_CoalescedFuture]]]
+        ] = collections.deque()
         self.closed = False
         self.lock = threading.Lock()
         self.work = threading.Condition(self.lock)  # the sending thread waits on it
@@ -469,10 +470,10 @@ class _Coalescer:
         with lock:
             while True:
                 if self.resends:
-                    batch, futures = self.resends.popleft()
+                    batch, chunks = self.resends.popleft()
                     lock.release()
                     try:
-                        self._send_each(batch, futures)
+                        self._send(batch, chunks.popleft(), chunks)
                     finally:
                         lock.acquire()
                     continue
@@ -513,7 +514,14 @@ class _Coalescer:
                 finally:
                     lock.acquire()
 
-    def _send(self, batch: _Batch, futures: list[_CoalescedFuture]) -> None:
+    def _send(
+        self,
+        batch: _Batch,
+        futures: list[_CoalescedFuture],
+        rest: Optional["collections.deque[list[_CoalescedFuture]]"] = None,
+    ) -> None:
+        """Sends ``futures`` as one call; ``rest`` are the chunks of the batch to send after
+        its answer, in order (a refused batch sent again piece by piece)."""
         if not futures:
             self._settle(batch, [])
             return
@@ -524,64 +532,96 @@ class _Coalescer:
                 call = client._stub.SubmitTask.future(
                     future._request, timeout=client.timeout, metadata=batch.metadata
                 )
-                call.add_done_callback(lambda c: self._answered_one(batch, future, c))
+                call.add_done_callback(lambda c: self._answered_one(batch, future, rest, c))
             else:
                 request = pb.SubmitTasksRequest(tasks=[f._request for f in futures])
                 call = client._stub.SubmitTasks.future(
                     request, timeout=client.timeout, metadata=batch.metadata
                 )
-                call.add_done_callback(lambda c: self._answered(batch, futures, c))
+                call.add_done_callback(lambda c: self._answered(batch, futures, rest, c))
         except Exception as error:  # e.g. the channel was closed under the client
             failure = _failure(error)
             self._settle(batch, [(f, _copy_error(failure)) for f in futures])
+            self._then(batch, rest)
 
-    def _send_each(self, batch: _Batch, futures: list[_CoalescedFuture]) -> None:
-        client = self.client
-        for future in futures:
-            try:
-                call = client._stub.SubmitTask.future(
-                    future._request, timeout=client.timeout, metadata=batch.metadata
-                )
-            except Exception as error:
-                self._settle(batch, [(future, _failure(error))])
-                continue
-            call.add_done_callback(
-                lambda c, future=future: self._answered_one(batch, future, c)
-            )
+    def _then(
+        self, batch: _Batch, rest: Optional["collections.deque[list[_CoalescedFuture]]"]
+    ) -> None:
+        """Hands the next chunk of ``rest`` to the sending thread (calls are made there, not
+        on the channel's thread that delivers answers)."""
+        if rest:
+            with self.lock:
+                self.resends.append((batch, rest))
+                self._wake()
 
-    def _answered_one(self, batch: _Batch, future: _CoalescedFuture, call: grpc.Future) -> None:
+    def _answered_one(
+        self,
+        batch: _Batch,
+        future: _CoalescedFuture,
+        rest: Optional["collections.deque[list[_CoalescedFuture]]"],
+        call: grpc.Future,
+    ) -> None:
         try:
             outcome: Any = call.result()
         except Exception as error:
             outcome = _failure(error)
         self._settle(batch, [(future, outcome)])
+        self._then(batch, rest)
 
     def _answered(
-        self, batch: _Batch, futures: list[_CoalescedFuture], call: grpc.Future
+        self,
+        batch: _Batch,
+        futures: list[_CoalescedFuture],
+        rest: Optional["collections.deque[list[_CoalescedFuture]]"],
+        call: grpc.Future,
     ) -> None:
         try:
             answers = call.result().tasks
         except grpc.RpcError as error:
             if _refused_before_writing(error):
-                limit = _BATCH_LIMIT.match(error.details() or "")  # type: ignore[attr-defined]
-                with self.lock:
-                    if limit and 0 < int(limit.group(1)) < self.batch:
-                        self.batch = int(limit.group(1))
-                    self.resends.append((batch, futures))
-                    self._wake()
+                # Nothing was written: send the same tasks again in pieces, in order.
+                chunks = self._pieces(futures, error.details() or "")  # type: ignore[attr-defined]
+                if rest:
+                    chunks.extend(rest)
+                self._then(batch, chunks)
                 return
             failure = _failure(error)
             self._settle(batch, [(f, _copy_error(failure)) for f in futures])
+            self._then(batch, rest)
             return
         except Exception as error:
             failure = _failure(error)
             self._settle(batch, [(f, _copy_error(failure)) for f in futures])
+            self._then(batch, rest)
             return
         if len(answers) != len(futures):
             failure = Internal(f"SubmitTasks answered {len(answers)} tasks for {len(futures)}")
             self._settle(batch, [(f, _copy_error(failure)) for f in futures])
-            return
-        self._settle(batch, list(zip(futures, answers)))
+        else:
+            self._settle(batch, list(zip(futures, answers)))
+        self._then(batch, rest)
+
+    def _pieces(
+        self, futures: list[_CoalescedFuture], details: str
+    ) -> "collections.deque[list[_CoalescedFuture]]":
+        """How to send a refused batch again: the tasks before the one the refusal names
+        (``tasks[i]…``: the first invalid one) together, that one alone (for its own answer),
+        and the rest together; pieces of the scheduler's limit for a batch too large; else
+        one task at a time."""
+        named = _NAMED_TASK.match(details)
+        if named and int(named.group(1)) < len(futures):
+            i = int(named.group(1))
+            pieces = [futures[:i], [futures[i]], futures[i + 1 :]]
+            return collections.deque(p for p in pieces if p)
+        limit = _BATCH_LIMIT.match(details)
+        if limit and int(limit.group(1)) > 0:
+            size = int(limit.group(1))
+            with self.lock:
+                self.batch = min(self.batch, size)
+            return collections.deque(
+                futures[i : i + size] for i in range(0, len(futures), size)
+            )
+        return collections.deque([f] for f in futures)
 
     def _settle(self, batch: _Batch, outcomes: list[tuple[_CoalescedFuture, Any]]) -> None:
         """Records answers; the batch is done when each of its submits has one."""
@@ -799,8 +839,11 @@ class Client:
         any of its futures is asked for its ``result()`` or ``exception()``, or at
         :meth:`flush` and :meth:`close` (see the constructor). Each task is still accepted
         or refused on its own: a call that the scheduler refuses whole before writing
-        anything (one invalid task, ``tarefa.InvalidArgument``) is sent again one
-        ``SubmitTask`` per task, so only the invalid one's future raises. A failure that may
+        anything (one invalid task, ``tarefa.InvalidArgument`` naming ``tasks[i]``) is sent
+        again in order, in pieces: the tasks before the invalid one together, that one alone
+        as a ``SubmitTask`` (its future raises what :meth:`submit` would), then the rest
+        together (one at a time when the refusal names no task), so only the invalid one's
+        future raises. A failure that may
         come after a write (``tarefa.Unavailable``, ``tarefa.DeadlineExceeded``…) is never
         retried: every future of the call raises it. The tasks of one thread are written in
         the order they were submitted within a call; calls in flight together may be written
