@@ -241,9 +241,10 @@ _PENDING = object()
 
 # Refusals of a whole ``SubmitTasks`` that the scheduler gives before writing anything, for
 # one task's sake or the batch's size: such a batch is sent again in pieces (see
-# ``_Coalescer._pieces``), so that each submit gets its own answer. Anything else (UNAVAILABLE, DEADLINE_EXCEEDED, Redis full...)
-# may follow a partial write (a batch spanning queues writes queue by queue) and goes to every
-# submit of the batch, as separate calls would each have failed.
+# ``_Coalescer._pieces``), so that each submit gets its own answer. Anything else
+# (UNAVAILABLE, DEADLINE_EXCEEDED, Redis full...) may follow a partial write (a batch spanning
+# queues writes queue by queue) and goes to every submit of the batch, as separate calls would
+# each have failed.
 _REFUSED_BEFORE_WRITING = frozenset(
     {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.PERMISSION_DENIED}
 )
@@ -367,7 +368,7 @@ class _Coalescer:
         # Unsent batches; at most in_flight of them (then submit_nowait waits for room).
         self.pending: collections.deque[_Batch] = collections.deque()
         self.in_flight = 0
-        # Refused batches to send again one submit at a time.
+        # Refused batches to send again, in pieces, one piece after the other's answer.
         self.resends: collections.deque[
             tuple[_Batch, collections.deque[list[_CoalescedFuture]]]
         ] = collections.deque()
@@ -637,6 +638,7 @@ class _Coalescer:
             batch.left -= len(outcomes)
             finished = batch.left <= 0
             if finished:
+                batch.futures = []  # no cycles between futures and their batch to collect
                 self.in_flight -= 1
                 self.work.notify()
                 if not self.pending and not self.in_flight:
