@@ -333,13 +333,13 @@ class _CoalescedFuture(SubmitFuture[TaskHandle]):
 
     def result(self, timeout: Optional[float] = None) -> TaskHandle:
         outcome = self._wait(timeout)
-        if isinstance(outcome, BaseException):
+        if isinstance(outcome, TarefaError):
             raise outcome
         return self._coalescer.client._handle_of(outcome)
 
     def exception(self, timeout: Optional[float] = None) -> Optional[TarefaError]:
         outcome = self._wait(timeout)
-        return outcome if isinstance(outcome, BaseException) else None
+        return outcome if isinstance(outcome, TarefaError) else None
 
     def add_done_callback(self, fn: Callable[[SubmitFuture[TaskHandle]], None]) -> None:
         with self._coalescer.lock:
@@ -535,7 +535,9 @@ class _Coalescer:
                 )
                 call.add_done_callback(lambda c: self._answered_one(batch, future, rest, c))
             else:
-                request = pb.SubmitTasksRequest(tasks=[f._request for f in futures])
+                request = pb.SubmitTasksRequest(
+                    tasks=[f._request for f in futures if f._request is not None]
+                )
                 call = client._stub.SubmitTasks.future(
                     request, timeout=client.timeout, metadata=batch.metadata
                 )
