@@ -1148,7 +1148,7 @@ async fn python_nowait_submits_are_coalesced_with_answers_per_task() -> anyhow::
     // Unreachable: every future raises Unavailable, from one call that is not repeated.
     assert_eq!(
         out["down_errors"],
-        serde_json::json!(["Unavailable"; 5]),
+        serde_json::json!(vec!["Unavailable"; 5]),
         "{out}"
     );
     assert_eq!(
