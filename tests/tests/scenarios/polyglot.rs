@@ -15,8 +15,7 @@ use tarefa_client::SubmitOptions;
 use tarefa_proto::{self as pb, TaskState};
 use tarefa_tests::{
     Harness, Process, eventually, free_port, run_command, target_dir, trace_id_of,
-    wait_for_listener,
-    workspace_root,
+    wait_for_listener, workspace_root,
 };
 
 /// The venv's Python, or why it could not be made; made once per test binary.
@@ -1067,7 +1066,9 @@ async fn python_nowait_submits_are_coalesced_with_answers_per_task() -> anyhow::
     );
     let invalid = &out["mixed_invalid"];
     assert!(
-        invalid[0].as_str().is_some_and(|d| d.starts_with("task_type"))
+        invalid[0]
+            .as_str()
+            .is_some_and(|d| d.starts_with("task_type"))
             && invalid[1].as_str().is_some_and(|d| d.starts_with("queue")),
         "{out}"
     );
