@@ -20,7 +20,10 @@ the previous version's, round by round) and measures, one after the other on one
 - `submit`: `client.submit("noop", {"i": i})`, one at a time (p50, mean), and `raw_submit`:
   the raw stub's `SubmitTask` with a prebuilt request (what the package cannot go below);
 - `submit_many`: `client.submit_many` of `--batch` requests built in the loop, tasks/s;
-- `nowait`: `client.submit_nowait`, keeping `--window` submits in flight, tasks/s;
+- `nowait`: `client.submit_nowait`, keeping `--window` submits in flight (waiting on the
+  oldest), tasks/s; since the package coalesces these into `SubmitTasks` calls,
+  `--client-options '{"submit_linger": 0}'` passes keyword arguments to that client (a package
+  whose `Client` does not take them, e.g. the baseline, is measured with its defaults);
 
 with the CPU time per task of the Python process, the scheduler and Redis during the last two
 (when it started them),
@@ -231,9 +234,17 @@ def measure(args):
     out["submit_many_cpu_us"] = cpu.per_task(total)
 
     if hasattr(client, "submit_nowait"):
+        nowait_client = client
+        if args.client_options:
+            try:
+                nowait_client = tarefa.Client(args.scheduler, **args.client_options)
+            except TypeError:
+                nowait_client = client  # a package without these options
         cpu = CpuMeter(args.watch_pids)
-        out["nowait_per_s"] = nowait_rate(client, args.tasks, args.window)
+        out["nowait_per_s"] = nowait_rate(nowait_client, args.tasks, args.window)
         out["nowait_cpu_us"] = cpu.per_task(args.tasks)
+        if nowait_client is not client:
+            nowait_client.close()
     sock.close()
     client.close()
     return out
@@ -300,7 +311,8 @@ def run_round(args, package):
     argv = [sys.executable, os.path.abspath(__file__), "--child", "--scheduler", args.scheduler,
             "--redis-url", args.redis_url, "--samples", str(args.samples), "--tasks",
             str(args.tasks), "--batch", str(args.batch), "--window", str(args.window),
-            "--watch-pids", json.dumps(args.watch_pids)]
+            "--watch-pids", json.dumps(args.watch_pids),
+            "--client-options", json.dumps(args.client_options)]
     if args.profile:
         argv.append("--profile")
     result = subprocess.run(argv, env=env, stdout=subprocess.PIPE, check=True, text=True)
@@ -360,6 +372,8 @@ def main():
     parser.add_argument("--tasks", type=int, default=20000, help="tasks per throughput figure")
     parser.add_argument("--batch", type=int, default=100, help="tasks per submit_many")
     parser.add_argument("--window", type=int, default=256, help="submit_nowait calls in flight")
+    parser.add_argument("--client-options", type=json.loads, default={},
+                        help="JSON keyword arguments of tarefa.Client for the nowait figure")
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)

@@ -14,8 +14,8 @@ use serde_json::Value;
 use tarefa_client::SubmitOptions;
 use tarefa_proto::{self as pb, TaskState};
 use tarefa_tests::{
-    Harness, Process, free_port, run_command, target_dir, trace_id_of, wait_for_listener,
-    workspace_root,
+    Harness, Process, eventually, free_port, run_command, target_dir, trace_id_of,
+    wait_for_listener, workspace_root,
 };
 
 /// The venv's Python, or why it could not be made; made once per test binary.
@@ -818,5 +818,344 @@ async fn python_submit_many_and_nowait_submits() -> anyhow::Result<()> {
     assert_eq!(out["late_callback"], serde_json::json!(["InvalidArgument"]));
     assert_eq!(out["many_nowait"], serde_json::json!([0, 1, 2, 3, 4]));
     assert_eq!(out["down"], "Unavailable");
+    Ok(())
+}
+
+/// `submit_nowait` coalescing: submits queued together go out as one `SubmitTasks`, and each
+/// future still gets its own answer. Counts the calls on the wire with a client interceptor.
+const COALESCED_NOWAIT_PRODUCER: &str = r#"
+import collections
+import json
+import subprocess
+import sys
+import threading
+
+import grpc
+import tarefa
+
+scheduler, down = sys.argv[1], sys.argv[2]
+out = {}
+
+
+class Calls(grpc.UnaryUnaryClientInterceptor):
+    """Counts the calls by method, and the tasks of each SubmitTasks."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.calls = collections.Counter()
+        self.sizes = []
+
+    def intercept_unary_unary(self, continuation, details, request):
+        method = details.method.rsplit("/", 1)[-1]
+        with self.lock:
+            self.calls[method] += 1
+            if method == "SubmitTasks":
+                self.sizes.append(len(request.tasks))
+        return continuation(details, request)
+
+
+def counted(target, **options):
+    calls = Calls()
+    channel = grpc.intercept_channel(grpc.insecure_channel(target), calls)
+    return tarefa.Client(target, channel=channel, **options), calls
+
+
+def payload_of(client, handle):
+    return json.loads(client.get(handle.id).payload)
+
+
+# Many submits from one thread, then from four at once: each future resolves to its own task
+# (its payload is the one submitted), in batches of at most submit_batch, never sent twice.
+client, calls = counted(scheduler, submit_batch=100)
+futures = [client.submit_nowait("echo", {"n": n}, queue="coalesced") for n in range(2000)]
+handles = [f.result(timeout=60) for f in futures]
+out["one_thread_ids"] = [h.id for h in handles]
+out["one_thread_in_order"] = all(
+    payload_of(client, h) == {"n": n} for n, h in enumerate(handles)
+)
+by_thread = {}
+
+
+def produce(t):
+    by_thread[t] = [
+        client.submit_nowait("echo", {"t": t, "n": n}, queue="coalesced") for n in range(250)
+    ]
+
+
+threads = [threading.Thread(target=produce, args=(t,)) for t in range(4)]
+for thread in threads:
+    thread.start()
+for thread in threads:
+    thread.join()
+threaded = {t: [f.result(timeout=60) for f in fs] for t, fs in by_thread.items()}
+out["threads_ids"] = [h.id for hs in threaded.values() for h in hs]
+out["threads_in_order"] = all(
+    payload_of(client, h) == {"t": t, "n": n}
+    for t, hs in threaded.items()
+    for n, h in enumerate(hs)
+)
+out["many_calls"] = dict(calls.calls)
+out["many_sizes"] = {"max": max(calls.sizes), "sum": sum(calls.sizes), "calls": len(calls.sizes)}
+client.close()
+
+# Two invalid submits among valid ones in one window (a long linger: the first result() sends
+# them): the batch is refused whole, sent again in pieces, and only the invalid ones fail.
+client, calls = counted(scheduler, submit_linger=60)
+futures = [client.submit_nowait("echo", {"m": m}, queue="mixed") for m in range(10)]
+futures.append(client.submit_nowait("bad type!", {}, queue="mixed"))
+futures += [client.submit_nowait("echo", {"m": m}, queue="mixed") for m in range(10, 15)]
+futures.append(client.submit_nowait("echo", {}, queue="no spaces allowed"))
+futures += [client.submit_nowait("echo", {"m": m}, queue="mixed") for m in range(15, 20)]
+out["mixed_pending"] = not any(f.done() for f in futures)
+errors = [f.exception(timeout=60) for f in futures]
+out["mixed_errors"] = [None if e is None else type(e).__name__ for e in errors]
+out["mixed_invalid"] = [errors[10].details(), errors[16].details()]
+blocking = []
+for task_type, queue in (("bad type!", "mixed"), ("echo", "no spaces allowed")):
+    try:
+        client.submit(task_type, {}, queue=queue)
+    except tarefa.InvalidArgument as error:
+        blocking.append(error.details())
+out["mixed_blocking_invalid"] = blocking
+good = [f.result() for n, f in enumerate(futures) if n not in (10, 16)]
+out["mixed_ids"] = [h.id for h in good]
+out["mixed_in_order"] = all(payload_of(client, h) == {"m": m} for m, h in enumerate(good))
+out["mixed_calls"] = dict(calls.calls)
+calls.calls.clear()
+
+# Idempotency keys, delays, headers, priorities go through a coalesced call unchanged.
+first = client.submit_nowait("echo", {"k": 1}, queue="keyed", idempotency_key="coalesced-key")
+again = client.submit_nowait("echo", {"k": 2}, queue="keyed", idempotency_key="coalesced-key")
+shaped = client.submit_nowait(
+    "echo", {"k": 3}, queue="keyed", delay=0.3, headers={"origin": "coalesced"}, priority=7,
+    max_attempts=4,
+)
+keyed = [f.result(timeout=60) for f in (first, again, shaped)]
+later = client.submit_nowait("echo", {"k": 4}, queue="keyed", idempotency_key="coalesced-key")
+late = later.result(timeout=60)
+out["keyed"] = [[h.id, h.deduplicated] for h in keyed + [late]]
+out["keyed_calls"] = dict(calls.calls)
+client.close()
+
+# Submits still queued at close() are sent, and answered before close() returns.
+client, calls = counted(scheduler, submit_linger=60, submit_batch=1000)
+futures = [client.submit_nowait("echo", {"c": c}, queue="closing") for c in range(40)]
+out["closing_pending"] = not any(f.done() for f in futures)
+client.close()
+out["closing_done"] = all(f.done() for f in futures)
+out["closing_ids"] = [f.result().id for f in futures]
+out["closing_calls"] = dict(calls.calls)
+try:
+    client.submit_nowait("echo", {}, queue="closing")
+    out["after_close"] = "accepted"
+except ValueError as error:
+    out["after_close"] = str(error)
+
+# ...and at the interpreter's exit, when the client is never closed.
+exiting = subprocess.run(
+    [sys.executable, "-c",
+     "import sys, tarefa\n"
+     "client = tarefa.Client(sys.argv[1], submit_linger=60)\n"
+     "for a in range(10):\n"
+     "    client.submit_nowait('echo', {'a': a}, queue='atexit')\n",
+     scheduler],
+    timeout=120,
+)
+out["atexit_status"] = exiting.returncode
+
+# A transport failure goes to every future of the call, which is not sent again.
+client, calls = counted(down, submit_linger=60, timeout=5)
+futures = [client.submit_nowait("echo", {}) for _ in range(5)]
+out["down_errors"] = [type(f.exception(timeout=60)).__name__ for f in futures]
+out["down_calls"] = dict(calls.calls)
+client.close()
+print(json.dumps(out))
+"#;
+
+#[tokio::test]
+async fn python_nowait_submits_are_coalesced_with_answers_per_task() -> anyhow::Result<()> {
+    let python = venv_python().await;
+    let dir = tempfile::tempdir()?;
+    let script = dir.path().join("coalesced_nowait.py");
+    std::fs::write(&script, COALESCED_NOWAIT_PRODUCER)?;
+    let h = Harness::builder()
+        .executor_args(&[
+            "--queues",
+            "default,coalesced,mixed,keyed,closing,atexit",
+            "--concurrency",
+            "32",
+        ])
+        .start()
+        .await?;
+    let scheduler = h
+        .scheduler
+        .endpoint
+        .trim_start_matches("http://")
+        .to_owned();
+    let down = format!("127.0.0.1:{}", free_port());
+    let output = run_python(
+        &python,
+        &[script.to_str().expect("utf-8"), &scheduler, &down],
+        Duration::from_secs(240),
+    )
+    .await;
+    let out: Value = serde_json::from_str(output.trim())
+        .unwrap_or_else(|e| panic!("producer output is not JSON ({e}): {output}"));
+    let ids = |key: &str| -> Vec<String> {
+        out[key]
+            .as_array()
+            .unwrap_or_else(|| panic!("{key}: {out}"))
+            .iter()
+            .map(|id| id.as_str().expect("an id").to_owned())
+            .collect()
+    };
+    let distinct = |ids: &[String]| ids.iter().collect::<std::collections::HashSet<_>>().len();
+    let queue_counts = |name: &'static str| {
+        let client = h.client.clone();
+        async move {
+            let queues = client.list_queues().await.ok()?;
+            let q = queues.into_iter().find(|q| q.name == name)?;
+            Some((q.submitted_total, q.succeeded_total))
+        }
+    };
+    let all_ran = |name: &'static str, n: u64| {
+        let queue_counts = &queue_counts;
+        async move {
+            eventually(
+                &format!("the {n} tasks of queue {name} to succeed"),
+                Duration::from_secs(120),
+                || async move { queue_counts(name).await.filter(|&(_, done)| done >= n) },
+            )
+            .await
+        }
+    };
+
+    // Many submits: one task each, the right one, every one run, in few calls.
+    let one_thread = ids("one_thread_ids");
+    let threads = ids("threads_ids");
+    assert_eq!(one_thread.len(), 2000);
+    assert_eq!(threads.len(), 1000);
+    let mut every = one_thread.clone();
+    every.extend(threads.iter().cloned());
+    assert_eq!(distinct(&every), 3000, "one task per submit");
+    assert_eq!(out["one_thread_in_order"], true, "{out}");
+    assert_eq!(out["threads_in_order"], true, "{out}");
+    assert_eq!(
+        out["many_calls"].get("SubmitTask"),
+        None,
+        "nothing sent alone: {out}"
+    );
+    let sizes = &out["many_sizes"];
+    assert_eq!(sizes["sum"], 3000, "each task sent once: {sizes}");
+    assert!(sizes["max"].as_u64() <= Some(100), "{sizes}");
+    assert!(
+        sizes["calls"].as_u64().expect("calls") <= 300,
+        "at least 10 tasks per call on average: {sizes}"
+    );
+    assert_eq!(all_ran("coalesced", 3000).await, (3000, 3000));
+
+    // The invalid submit fails alone, as the blocking call would; its neighbours run.
+    assert_eq!(out["mixed_pending"], true, "{out}");
+    let mut expected = vec![Value::Null; 22];
+    expected[10] = "InvalidArgument".into();
+    expected[16] = "InvalidArgument".into();
+    assert_eq!(out["mixed_errors"], Value::Array(expected), "{out}");
+    assert_eq!(
+        out["mixed_invalid"], out["mixed_blocking_invalid"],
+        "the blocking call's errors: {out}"
+    );
+    let invalid = &out["mixed_invalid"];
+    assert!(
+        invalid[0]
+            .as_str()
+            .is_some_and(|d| d.starts_with("task_type"))
+            && invalid[1].as_str().is_some_and(|d| d.starts_with("queue")),
+        "{out}"
+    );
+    assert_eq!(out["mixed_in_order"], true, "{out}");
+    // Written in submit order: the ids of tasks due now are their stream entries'.
+    let entries: Vec<(u64, u64)> = ids("mixed_ids")
+        .iter()
+        .map(|id| {
+            let (ms, seq) = id
+                .trim_start_matches("mixed:")
+                .split_once('-')
+                .unwrap_or_else(|| panic!("a stream entry id: {id}"));
+            (ms.parse().expect("ms"), seq.parse().expect("seq"))
+        })
+        .collect();
+    assert_eq!(entries.len(), 20);
+    assert!(
+        entries.windows(2).all(|w| w[0] < w[1]),
+        "in submit order: {out}"
+    );
+    // The refused SubmitTasks (it wrote nothing), then [0, 10) together, tasks[10] alone,
+    // the rest refused again at its tasks[5], [11, 16) together, that one alone, [17, 22)
+    // together; and the two blocking submits.
+    assert_eq!(
+        out["mixed_calls"],
+        serde_json::json!({"SubmitTasks": 5, "SubmitTask": 4, "GetTask": 20}),
+        "{out}"
+    );
+    assert_eq!(all_ran("mixed", 20).await, (20, 20));
+
+    // Keys deduplicate within a coalesced call and across calls; fields pass unchanged.
+    let keyed = out["keyed"].as_array().expect("keyed");
+    let (first, again, shaped, late) = (&keyed[0], &keyed[1], &keyed[2], &keyed[3]);
+    assert_eq!(first[1], false, "{out}");
+    assert_eq!(again[0], first[0], "{out}");
+    assert_eq!(again[1], true, "{out}");
+    assert_eq!(late[0], first[0], "{out}");
+    assert_eq!(late[1], true, "{out}");
+    assert_ne!(shaped[0], first[0], "{out}");
+    assert_eq!(
+        out["keyed_calls"],
+        serde_json::json!({"SubmitTasks": 1, "SubmitTask": 1}),
+        "the first three went together, the fourth alone: {out}"
+    );
+    let shaped = h
+        .wait_final(shaped[0].as_str().expect("id"), Duration::from_secs(60))
+        .await;
+    assert_eq!(shaped.state(), TaskState::Succeeded, "{shaped:?}");
+    assert_eq!(shaped.priority, 7);
+    assert_eq!(shaped.max_attempts, 4);
+    assert_eq!(
+        shaped.headers.get("origin").map(String::as_str),
+        Some("coalesced")
+    );
+    assert!(
+        shaped.run_at_ms >= shaped.created_at_ms + 250,
+        "delayed: {shaped:?}"
+    );
+    assert_eq!(
+        serde_json::from_slice::<Value>(&shaped.payload)?,
+        serde_json::json!({"k": 3})
+    );
+
+    // close() sent what was queued; so did the interpreter's exit.
+    assert_eq!(out["closing_pending"], true, "{out}");
+    assert_eq!(out["closing_done"], true, "{out}");
+    assert_eq!(distinct(&ids("closing_ids")), 40);
+    assert_eq!(
+        out["closing_calls"],
+        serde_json::json!({"SubmitTasks": 1}),
+        "{out}"
+    );
+    assert_eq!(out["after_close"], "the client is closed");
+    assert_eq!(all_ran("closing", 40).await, (40, 40));
+    assert_eq!(out["atexit_status"], 0, "{out}");
+    assert_eq!(all_ran("atexit", 10).await, (10, 10));
+
+    // Unreachable: every future raises Unavailable, from one call that is not repeated.
+    assert_eq!(
+        out["down_errors"],
+        serde_json::json!(vec!["Unavailable"; 5]),
+        "{out}"
+    );
+    assert_eq!(
+        out["down_calls"],
+        serde_json::json!({"SubmitTasks": 1}),
+        "{out}"
+    );
     Ok(())
 }
