@@ -142,6 +142,35 @@ pub(crate) async fn run_python(python: &Path, args: &[&str], within: Duration) -
     tarefa_tests::run_to_completion(command, &format!("python {args:?}"), within).await
 }
 
+/// Runs a producer script with two arguments, `h`'s scheduler and an address nothing listens
+/// on, and parses the one JSON object it prints.
+async fn run_producer(python: &Path, script: &Path, h: &Harness, within: Duration) -> Value {
+    let scheduler = h
+        .scheduler
+        .endpoint
+        .trim_start_matches("http://")
+        .to_owned();
+    let down = format!("127.0.0.1:{}", free_port());
+    let output = run_python(
+        python,
+        &[script.to_str().expect("utf-8"), &scheduler, &down],
+        within,
+    )
+    .await;
+    serde_json::from_str(output.trim())
+        .unwrap_or_else(|e| panic!("producer output is not JSON ({e}): {output}"))
+}
+
+/// The task ids a producer printed under `key`.
+fn producer_ids(out: &Value, key: &str) -> Vec<String> {
+    out[key]
+        .as_array()
+        .unwrap_or_else(|| panic!("{key}: {out}"))
+        .iter()
+        .map(|id| id.as_str().expect("an id").to_owned())
+        .collect()
+}
+
 /// Starts a long-running Python script that listens on `port`.
 pub(crate) async fn start_python(
     python: &Path,
@@ -745,29 +774,8 @@ async fn python_submit_many_and_nowait_submits() -> anyhow::Result<()> {
         .executor_args(&["--concurrency", "32"])
         .start()
         .await?;
-    let scheduler = h
-        .scheduler
-        .endpoint
-        .trim_start_matches("http://")
-        .to_owned();
-    let down = format!("127.0.0.1:{}", free_port());
-    let output = run_python(
-        &python,
-        &[script.to_str().expect("utf-8"), &scheduler, &down],
-        Duration::from_secs(180),
-    )
-    .await;
-    let out: Value = serde_json::from_str(output.trim())
-        .unwrap_or_else(|e| panic!("producer output is not JSON ({e}): {output}"));
-
-    let ids = |key: &str| -> Vec<String> {
-        out[key]
-            .as_array()
-            .unwrap_or_else(|| panic!("{key}: {out}"))
-            .iter()
-            .map(|id| id.as_str().expect("an id").to_owned())
-            .collect()
-    };
+    let out = run_producer(&python, &script, &h, Duration::from_secs(180)).await;
+    let ids = |key: &str| producer_ids(&out, key);
     let many = ids("many_ids");
     assert_eq!(many.len(), 50);
     assert_eq!(
@@ -987,28 +995,8 @@ async fn python_nowait_submits_are_coalesced_with_answers_per_task() -> anyhow::
         ])
         .start()
         .await?;
-    let scheduler = h
-        .scheduler
-        .endpoint
-        .trim_start_matches("http://")
-        .to_owned();
-    let down = format!("127.0.0.1:{}", free_port());
-    let output = run_python(
-        &python,
-        &[script.to_str().expect("utf-8"), &scheduler, &down],
-        Duration::from_secs(240),
-    )
-    .await;
-    let out: Value = serde_json::from_str(output.trim())
-        .unwrap_or_else(|e| panic!("producer output is not JSON ({e}): {output}"));
-    let ids = |key: &str| -> Vec<String> {
-        out[key]
-            .as_array()
-            .unwrap_or_else(|| panic!("{key}: {out}"))
-            .iter()
-            .map(|id| id.as_str().expect("an id").to_owned())
-            .collect()
-    };
+    let out = run_producer(&python, &script, &h, Duration::from_secs(240)).await;
+    let ids = |key: &str| producer_ids(&out, key);
     let distinct = |ids: &[String]| ids.iter().collect::<std::collections::HashSet<_>>().len();
     let queue_counts = |name: &'static str| {
         let client = h.client.clone();
