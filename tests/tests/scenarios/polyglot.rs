@@ -1147,3 +1147,88 @@ async fn python_nowait_submits_are_coalesced_with_answers_per_task() -> anyhow::
     );
     Ok(())
 }
+
+/// A producer whose token may submit to `mail` only: its coalesced submits to `mail` and to
+/// `billing`, queued in one linger window, go out as one `SubmitTasks`, which the scheduler
+/// refuses whole (PERMISSION_DENIED, nothing written). Each future must still get its own
+/// answer: the `billing` ones raise `tarefa.PermissionDenied`, the `mail` ones are written.
+const SCOPED_NOWAIT_PRODUCER: &str = r#"
+import json
+import sys
+
+import tarefa
+
+scheduler, token = sys.argv[1], sys.argv[2]
+client = tarefa.Client(scheduler, token=token, submit_linger=0.5)
+futures = [
+    client.submit_nowait("echo", {"n": n}, queue="billing" if n % 3 == 1 else "mail")
+    for n in range(12)
+]
+client.flush(timeout=60)
+out = {"answers": []}
+for n, future in enumerate(futures):
+    error = future.exception(timeout=60)
+    if error is None:
+        out["answers"].append([n, "ok", future.result().id])
+    else:
+        out["answers"].append([n, type(error).__name__, str(error)])
+client.close()
+print(json.dumps(out))
+"#;
+
+#[tokio::test]
+async fn python_coalesced_submits_refused_by_scope_are_answered_each() -> anyhow::Result<()> {
+    const MAILER: &str = "mailer-secret-0123456789";
+    const ADMIN: &str = "admin-secret-0123456789";
+    let python = venv_python().await;
+    let dir = tempfile::tempdir()?;
+    let script = dir.path().join("scoped_nowait.py");
+    std::fs::write(&script, SCOPED_NOWAIT_PRODUCER)?;
+    let h = Harness::builder()
+        .env(
+            "TAREFA_TOKENS",
+            &format!("mailer:submit:mail:{MAILER};admin:admin:*:{ADMIN}"),
+        )
+        .client_options(tarefa_client::ConnectOptions {
+            token: Some(ADMIN.to_owned()),
+            ..tarefa_client::ConnectOptions::default()
+        })
+        .executor_args(&["--queues", "mail,billing"])
+        .start()
+        .await?;
+    let scheduler = h
+        .scheduler
+        .endpoint
+        .trim_start_matches("http://")
+        .to_owned();
+    let output = run_python(
+        &python,
+        &[script.to_str().expect("utf-8"), &scheduler, MAILER],
+        Duration::from_secs(120),
+    )
+    .await;
+    let out: Value = serde_json::from_str(output.trim())
+        .unwrap_or_else(|e| panic!("producer output is not JSON ({e}): {output}"));
+    let answers = out["answers"].as_array().expect("answers");
+    assert_eq!(answers.len(), 12, "{out}");
+    for answer in answers {
+        let n = answer[0].as_u64().expect("n");
+        let (kind, detail) = (
+            answer[1].as_str().expect("kind"),
+            answer[2].as_str().expect("detail"),
+        );
+        if n % 3 == 1 {
+            assert_eq!(kind, "PermissionDenied", "task {n}: {answer}");
+        } else {
+            assert_eq!(kind, "ok", "task {n}: {answer}");
+            let task = h.wait_final(detail, Duration::from_secs(30)).await;
+            assert_eq!(task.state(), TaskState::Succeeded, "task {n}: {task:?}");
+            assert_eq!(
+                serde_json::from_slice::<Value>(&task.result)?["n"],
+                serde_json::json!(n),
+                "task {n} kept its own payload"
+            );
+        }
+    }
+    Ok(())
+}
