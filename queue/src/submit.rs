@@ -2,10 +2,9 @@
 //! turns many concurrent single submits into few script calls.
 
 use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
-
-use std::time::{Duration, Instant};
 
 use crate::broker::Broker;
 use crate::spec;
@@ -245,13 +244,21 @@ impl Broker {
             .map(|(executor, _)| executor)
             .collect();
         let safe = earlier.is_empty();
-        if !safe {
+        let before = self
+            .layout_checks
+            .lock()
+            .ok()
+            .and_then(|checks| checks.get(queue).map(|(_, safe)| *safe));
+        // Said when the answer changes, not at every look.
+        if !safe && before != Some(false) {
             tracing::warn!(
                 %queue,
                 executors = ?earlier,
                 "executors of an earlier version are alive on this queue: tasks due now get a \
                  record, as they expect, until those executors are gone (upgrade them)"
             );
+        } else if safe && before == Some(false) {
+            tracing::info!(%queue, "no executor of an earlier version is left on this queue: tasks due now are born in the stream again");
         }
         self.note_layouts(queue, safe);
         Ok(safe)
