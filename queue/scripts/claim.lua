@@ -62,16 +62,12 @@ local function claimed_row(id, attempt, r, deliveries, fence)
 end
 
 -- The fast path: when none of the birth entries has a record, all of them are claimed by
--- the read itself; one EXISTS tells (in slices, within Lua's unpack limit).
+-- the read itself; one EXISTS tells.
 local births_claimed = 0
 if births > 0 then
-  local recorded = 0
-  for i = 5, first_pair - 1, 1000 do
-    local keys = {}
-    for j = i, math.min(i + 999, first_pair - 1) do keys[#keys + 1] = record_key(ARGV[j]) end
-    recorded = recorded + redis.call('EXISTS', unpack(keys))
-  end
-  if recorded == 0 then
+  local keys = {}
+  for i = 5, first_pair - 1 do keys[#keys + 1] = record_key(ARGV[i]) end
+  if existing(keys) == 0 then
     births_claimed = 1
     for i = 5, first_pair - 1 do changed[#changed + 1] = ARGV[i] end
   end

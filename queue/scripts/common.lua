@@ -84,6 +84,15 @@ local function put_field(list, name, value)
   end
 end
 
+-- How many of `keys` exist: one EXISTS per slice of 1000 (Lua's unpack limit is ~8000).
+local function existing(keys)
+  local n = 0
+  for i = 1, #keys, 1000 do
+    n = n + redis.call('EXISTS', unpack(keys, i, math.min(i + 999, #keys)))
+  end
+  return n
+end
+
 local function record_key(id) return base .. 't:' .. id end
 local function errors_key(id) return base .. 'e:' .. id end
 

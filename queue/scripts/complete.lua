@@ -96,11 +96,7 @@ if next(mine) ~= nil then
   for i = FIRST, #ARGV, 10 do
     if mine[ARGV[i]] then keys[#keys + 1] = record_key(ARGV[i]) end
   end
-  for i = 1, #keys, 1000 do
-    if redis.call('EXISTS', unpack(keys, i, math.min(i + 999, #keys))) > 0 then
-      mine_recorded = true
-    end
-  end
+  mine_recorded = existing(keys) > 0
 end
 local FIELDS = {'state', 'f', 'entry', 'max', 'cancel', 'exec', 'ttl', 'err', 'of', 'att'}
 for i = FIRST, #ARGV, 10 do
@@ -131,8 +127,7 @@ for i = FIRST, #ARGV, 10 do
   if fast then
     -- Succeeded at its first attempt: the one record it will ever have, written once, with
     -- nothing a finished task does not need.
-    local ttl = ARGV[i + 4]
-    if not tonumber(ttl) then ttl = '86400000' end
+    local ttl = tonumber(ARGV[i + 4]) or 86400000
     local record = {'spec', spec, 'max', max, 'ctime', created, 'att', '1',
       'of', fence, 'exec', executor, 'stime', now - (tonumber(fast[3]) or 0),
       'res', body, 'state', S_SUCCEEDED, 'ftime', now_s}

@@ -643,12 +643,10 @@ pub enum AttemptToken {
     Attempt(u32),
 }
 
-/// The fencing token of a birth entry's first attempt, from its id `<ms>-<seq>`:
+/// The fencing token of a birth entry's first attempt, from the (ms, seq) parts of its id:
 /// `ms * 1000 + min(seq, 999)` (`birth_fence` in common.lua, which checks it at the outcome).
-/// `None` when `entry` is not a stream id.
-pub(crate) fn birth_fence(entry: &str) -> Option<u64> {
-    let (ms, seq) = stream_id_parts(entry)?;
-    Some(ms.saturating_mul(1000).saturating_add(seq.min(999)))
+fn birth_fence((ms, seq): (u64, u64)) -> u64 {
+    ms.saturating_mul(1000).saturating_add(seq.min(999))
 }
 
 /// The (ms, seq) numbers of a stream id.
@@ -661,9 +659,8 @@ fn stream_id_parts(entry: &str) -> Option<(u64, u64)> {
 /// birth token, having waited since its entry was written (`now_ms`: Redis's clock).
 fn birth_task(queue: &str, read: &ReadEntry, now_ms: u64) -> Result<ClaimedTask> {
     let local = &read.entry;
-    let (ms, _) = stream_id_parts(local)
+    let parts = stream_id_parts(local)
         .ok_or_else(|| Error::Corrupt(format!("birth entry id {local:?} is not a stream id")))?;
-    let fence = birth_fence(local).unwrap_or_default();
     claimed_task(
         queue,
         local,
@@ -671,9 +668,9 @@ fn birth_task(queue: &str, read: &ReadEntry, now_ms: u64) -> Result<ClaimedTask>
             attempt: 1,
             packed: read.spec.clone().unwrap_or_default(),
             max_attempts: read.max_attempts.as_deref().unwrap_or_default(),
-            queue_wait_ms: now_ms.saturating_sub(ms),
+            queue_wait_ms: now_ms.saturating_sub(parts.0),
             deliveries: 1,
-            fence,
+            fence: birth_fence(parts),
             birth: Some(read.birth.clone()),
         },
     )

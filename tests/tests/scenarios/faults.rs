@@ -891,6 +891,23 @@ async fn birth_tokens_agree_between_executor_and_scripts() -> anyhow::Result<()>
     Ok(())
 }
 
+/// Submits an `Echo` of `label` until the scheduler's answer names the task as wanted: by its
+/// stream entry (`born`: born in the stream) or by a ULID (given a record). Returns its id.
+async fn submit_until_named(
+    h: &Harness,
+    what: &str,
+    label: &str,
+    born: bool,
+    within: Duration,
+) -> String {
+    eventually(what, within, || async {
+        let handle = h.client.submit(Echo(serde_json::json!(label))).await.ok()?;
+        let entry = tarefa_queue::TaskId::parse(handle.id()).is_ok_and(|task| task.is_entry());
+        (entry == born).then(|| handle.id().to_owned())
+    })
+    .await
+}
+
 /// A rolling upgrade where the scheduler goes first. An executor of an earlier version takes a
 /// birth entry (a task due now that lives in its stream entry, with no `id` field) for a
 /// leftover and deletes it, so while one is alive the scheduler must not write any: tasks due
@@ -903,10 +920,7 @@ async fn birth_tokens_agree_between_executor_and_scripts() -> anyhow::Result<()>
 async fn executors_of_an_earlier_version_get_tasks_they_can_read() -> anyhow::Result<()> {
     let h = Harness::builder().executors(1).start().await?;
     h.wait_for_executors("default", 1).await;
-    let is_entry_id = |id: &str| {
-        id.rsplit_once(':')
-            .is_some_and(|(_, local)| local.contains('-'))
-    };
+    let is_entry_id = |id: &str| tarefa_queue::TaskId::parse(id).is_ok_and(|task| task.is_entry());
     let before = h.client.submit(Echo(serde_json::json!("before"))).await?;
     assert!(is_entry_id(before.id()), "{}", before.id());
 
@@ -918,22 +932,17 @@ async fn executors_of_an_earlier_version_get_tasks_they_can_read() -> anyhow::Re
         .arg("executor-of-an-earlier-version")
         .arg(format!("{now_ms}|old-host|0"))
         .query(&mut con)?;
-    let during = eventually(
+    let during = submit_until_named(
+        &h,
         "a submit that gets a record, while the earlier executor is alive",
+        "during",
+        false,
         Duration::from_secs(10),
-        || async {
-            let handle = h
-                .client
-                .submit(Echo(serde_json::json!("during")))
-                .await
-                .ok()?;
-            (!is_entry_id(handle.id())).then_some(handle)
-        },
     )
     .await;
-    let local = during.id().rsplit_once(':').map_or("", |(_, l)| l);
-    assert_eq!(local.len(), 26, "a ULID: {}", during.id());
-    let kept = h.wait_final(during.id(), Duration::from_secs(10)).await;
+    let local = during.rsplit_once(':').map_or("", |(_, l)| l);
+    assert_eq!(local.len(), 26, "a ULID: {during}");
+    let kept = h.wait_final(&during, Duration::from_secs(10)).await;
     assert_eq!(kept.state(), TaskState::Succeeded, "{:?}", kept.errors);
     assert_eq!(kept.result, b"\"during\"");
     let keyed = SubmitOptions {
@@ -962,20 +971,15 @@ async fn executors_of_an_earlier_version_get_tasks_they_can_read() -> anyhow::Re
         .arg("tarefa:{default}:executors")
         .arg("executor-of-an-earlier-version")
         .query(&mut con)?;
-    let after = eventually(
+    let after = submit_until_named(
+        &h,
         "a submit born in the stream again, once the earlier executor is gone",
+        "after",
+        true,
         Duration::from_secs(15),
-        || async {
-            let handle = h
-                .client
-                .submit(Echo(serde_json::json!("after")))
-                .await
-                .ok()?;
-            is_entry_id(handle.id()).then_some(handle)
-        },
     )
     .await;
-    let finished = h.wait_final(after.id(), Duration::from_secs(10)).await;
+    let finished = h.wait_final(&after, Duration::from_secs(10)).await;
     assert_eq!(
         finished.state(),
         TaskState::Succeeded,

@@ -145,15 +145,26 @@ pub(crate) async fn run_python(python: &Path, args: &[&str], within: Duration) -
 /// Runs a producer script with two arguments, `h`'s scheduler and an address nothing listens
 /// on, and parses the one JSON object it prints.
 async fn run_producer(python: &Path, script: &Path, h: &Harness, within: Duration) -> Value {
+    let down = format!("127.0.0.1:{}", free_port());
+    run_producer_with(python, script, h, &down, within).await
+}
+
+/// [`run_producer`] with `second` as the script's second argument.
+async fn run_producer_with(
+    python: &Path,
+    script: &Path,
+    h: &Harness,
+    second: &str,
+    within: Duration,
+) -> Value {
     let scheduler = h
         .scheduler
         .endpoint
         .trim_start_matches("http://")
         .to_owned();
-    let down = format!("127.0.0.1:{}", free_port());
     let output = run_python(
         python,
-        &[script.to_str().expect("utf-8"), &scheduler, &down],
+        &[script.to_str().expect("utf-8"), &scheduler, second],
         within,
     )
     .await;
@@ -1196,19 +1207,7 @@ async fn python_coalesced_submits_refused_by_scope_are_answered_each() -> anyhow
         .executor_args(&["--queues", "mail,billing"])
         .start()
         .await?;
-    let scheduler = h
-        .scheduler
-        .endpoint
-        .trim_start_matches("http://")
-        .to_owned();
-    let output = run_python(
-        &python,
-        &[script.to_str().expect("utf-8"), &scheduler, MAILER],
-        Duration::from_secs(120),
-    )
-    .await;
-    let out: Value = serde_json::from_str(output.trim())
-        .unwrap_or_else(|e| panic!("producer output is not JSON ({e}): {output}"));
+    let out = run_producer_with(&python, &script, &h, MAILER, Duration::from_secs(120)).await;
     let answers = out["answers"].as_array().expect("answers");
     assert_eq!(answers.len(), 12, "{out}");
     for answer in answers {
