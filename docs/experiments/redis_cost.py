@@ -86,36 +86,34 @@ def free_port():
         return s.getsockname()[1]
 
 
-# --sketch-bucketed-records: what writing a batch's finished fast-path records as fields of
-# one hash per minute (one HSET and one PEXPIRE per batch, the record packed into one value)
-# would save against one hash per task (an HSET of ~11 fields and a PEXPIRE each). A sketch of
-# the write only: nothing reads such records.
-RECORD_WRITE = """    put_field(record, 'prio', ARGV[i + 5])
-    put_field(record, 'idem', ARGV[i + 6])
-    redis.call('HSET', key, unpack(record))
-    redis.call('PEXPIRE', key, ttl)"""
-BUCKET_WRITE = """    bucket[#bucket + 1] = id
-    bucket[#bucket + 1] = table.concat({spec, max, executor, fence,
-      now - (tonumber(fast[3]) or 0), body}, '|')"""
-BUCKET_FLUSH = """if #bucket > 0 then
-  local bucket_key = base .. 'fin:' .. math.floor(now / 60000)
-  redis.call('HSET', bucket_key, unpack(bucket))
-  redis.call('PEXPIRE', bucket_key, 86400000)
-end
-if succeeded > 0 then count"""
-SKETCH_BUCKETS = False
-
-
 def script(r, name):
     with open(os.path.join(SCRIPTS, "common.lua")) as common, \
             open(os.path.join(SCRIPTS, name)) as body:
         prelude, text = common.read(), body.read()
-    if SKETCH_BUCKETS and name == "complete.lua":
-        if RECORD_WRITE not in text or "if succeeded > 0 then count" not in text:
-            raise SystemExit("complete.lua changed: update the bucketed-records sketch")
-        text = "local bucket = {}\n" + text.replace(RECORD_WRITE, BUCKET_WRITE).replace(
-            "if succeeded > 0 then count", BUCKET_FLUSH)
     return r.register_script(prelude + "\n" + text)
+
+
+RESULT = b"null"
+
+
+def length(n):
+    """A LEB128 length, as spec.rs writes it."""
+    out = bytearray()
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def finished(executor, fence, started, max_attempts, ttl, result):
+    """What the executor packs for a finished bucket (record.rs, Finished::pack)."""
+    out = b"1"
+    # SPEC's six fields take all of it (its payload is empty): the head, then no payload.
+    for field in (executor, fence, started, max_attempts, ttl, "", "", SPEC, b""):
+        field = field if isinstance(field, bytes) else str(field).encode()
+        out += length(len(field)) + field
+    return out + length(len(result))
 
 
 def run_current(r, tasks, batch):
@@ -134,17 +132,21 @@ def run_current(r, tasks, batch):
             # Birth entries (no `id` field: the entry names its task) first, then the others
             # as (entry, task) pairs; here every entry is a birth entry.
             births = [entry for entry, fields in entries if b"id" not in fields]
-            claim_args = ["e1", 3, 7 * DAY_MS, len(births)] + births
-            _paused, rows, births_claimed, _now = claim(keys=[PREFIX], args=claim_args)
+            # Then the birth seconds: the finished buckets their tasks would be in.
+            seconds = sorted({int(e.split(b"-")[0]) // 1000 for e in births})
+            claim_args = ["e1", 3, 7 * DAY_MS, len(births)] + births + [len(seconds)] + seconds
+            _paused, rows, births_claimed, now = claim(keys=[PREFIX], args=claim_args)
             assert births_claimed == 1 and not rows
             # The executor's own arithmetic (queue/src/consumer.rs, birth_fence).
             fences = [int(e.split(b"-")[0]) * 1000 + min(int(e.split(b"-")[1]), 999)
                       for e in births]
             outcome_args = [7 * DAY_MS, "e1", births[0], births[-1]]
             for entry, fence in zip(births, fences):
-                # id, fencing token, spec (as claimed), max, ttl, priority, idempotency key,
-                # outcome
-                outcome_args += [entry, fence, SPEC, 3, DAY_MS, "", "", "ok", "null", 0]
+                # id, fencing token, the packed finished record (queue/src/record.rs,
+                # Finished::pack), birth second, result ttl, outcome
+                packed = finished("e1", fence, now, 3, DAY_MS, RESULT)
+                outcome_args += [entry, fence, packed, int(entry.split(b"-")[0]) // 1000,
+                                 DAY_MS, "ok", RESULT, 0]
             assert complete(keys=[PREFIX], args=outcome_args) == b"1" * len(births)
         done += 100
 
@@ -168,11 +170,7 @@ def main():
     parser.add_argument("layout", choices=["current", "fast-path"])
     parser.add_argument("--tasks", type=int, default=5000, help="a multiple of 100")
     parser.add_argument("--batch", type=int, default=8, help="read/claim/complete batch")
-    parser.add_argument("--sketch-bucketed-records", action="store_true",
-                        help="current, with finished records written one hash per batch")
     args = parser.parse_args()
-    global SKETCH_BUCKETS
-    SKETCH_BUCKETS = args.sketch_bucketed_records
     for tool in ("redis-server", "valgrind", "callgrind_annotate"):
         if not shutil.which(tool):
             raise SystemExit(f"{tool} is missing: apt-get install redis-server valgrind")
@@ -202,7 +200,7 @@ def main():
     if not match:
         raise SystemExit("no callgrind totals: " + totals[:500])
     instructions = int(match.group(1).replace(",", ""))
-    print(f"{args.layout}{' (bucketed records sketch)' if SKETCH_BUCKETS else ''}: {instructions / args.tasks / 1000:.0f} k instructions per task "
+    print(f"{args.layout}: {instructions / args.tasks / 1000:.0f} k instructions per task "
           f"(batch {args.batch}, {args.tasks} tasks, including Redis's start and stop)")
     shutil.rmtree(work, ignore_errors=True)
 

@@ -8,7 +8,8 @@ local now = now_ms()
 if redis.call('EXISTS', key) == 0 then materialize(id, now, nil, false) end
 local r = redis.call('HMGET', key, 'state', 'entry')
 local state = r[1]
-if not state then return '' end
+-- A task in its finished bucket succeeded (it has no record to change).
+if not state then return finished_value(id) and S_SUCCEEDED or '' end
 if state == S_SCHEDULED or state == S_RETRYING or state == S_QUEUED then
   redis.call('ZREM', SCHEDULED, id)
   redis.call('ZREM', RETRYING, id)

@@ -5,18 +5,20 @@
 -- (renew.lua resets it and records the holder's lease in LEASES; reclaim.lua takes back
 -- entries idle longer than it), so a claim writes no lease of its own.
 -- ARGV: executor id, max deliveries (>= 1), dead ttl (ms), the number B of birth entries
--- (entries without an `id` field: the fast path), the B birth entry ids, then pairs of
--- (entry id, task id) for the other entries.
+-- (entries without an `id` field: the fast path), the B birth entry ids, the number K of
+-- their birth seconds (their finished buckets, see common.lua) and the K seconds, then pairs
+-- of (entry id, task id) for the other entries.
 -- A paused queue claims nothing: the entries go back to the end of the stream as they were,
 -- so no task starts once PauseQueue has answered, whatever an executor has heard so far.
 -- Returns {paused (0/1), rows, births, now}:
---   births = 1 when every birth entry was claimed as one (none of them has a record, the
---   common case): each is RUNNING at attempt 1 under its birth token, with nothing written,
+--   births = 1 when every birth entry was claimed as one (none of them has a record or is in
+--   its finished bucket, the common case): each is RUNNING at attempt 1 under its birth token, with nothing written,
 --   and the executor builds its task from the entry it read (its token from the entry id,
 --   its wait from `now`, Redis's clock in ms). The reply carries nothing per birth entry:
 --   converting a row into a reply is the largest part of a claim's cost.
 --   births = 0 when some birth entry has a record (cancelled, or its record materialized while
---   it waited): then every entry is claimed as below and has its row, or none.
+--   it waited) or finished (delivered again after the consumer group was recreated): then
+--   every entry is claimed as below and has its row, or none.
 --   A row per claimed task: id, attempt, spec (the immutable fields, packed; empty for a birth
 --   entry, whose spec the executor has just read), max attempts (empty likewise), ms spent
 --   waiting since queued, deliveries without an outcome (this one included; more than 1: an
@@ -27,7 +29,9 @@ local executor = ARGV[1]
 local max_deliveries = tonumber(ARGV[2])
 local dead_ttl = tonumber(ARGV[3])
 local births = tonumber(ARGV[4]) or 0
-local first_pair = 5 + births
+local seconds = tonumber(ARGV[5 + births]) or 0
+local first_second = 6 + births
+local first_pair = first_second + seconds
 local now = now_ms()
 local now_s = tostring(now)
 local out = {}
@@ -37,7 +41,7 @@ local out = {}
 
 -- Every entry read, as (entry id, task id): a birth entry names its task.
 local function each_entry(visit)
-  for i = 5, first_pair - 1 do visit(ARGV[i], ARGV[i]) end
+  for i = 5, 4 + births do visit(ARGV[i], ARGV[i]) end
   for i = first_pair, #ARGV, 2 do visit(ARGV[i], ARGV[i + 1]) end
 end
 
@@ -61,15 +65,29 @@ local function claimed_row(id, attempt, r, deliveries, fence)
     deliveries, fence}
 end
 
--- The fast path: when none of the birth entries has a record, all of them are claimed by
--- the read itself; one EXISTS tells.
+-- Whether any birth entry's task is in a finished bucket: one HMGET per birth second.
+local function any_finished()
+  for s = first_second, first_pair - 1 do
+    for i = 5, 4 + births, 1000 do
+      local last = math.min(i + 999, 4 + births)
+      local found = redis.call('HMGET', fin_key(ARGV[s]), unpack(ARGV, i, last))
+      for _, v in ipairs(found) do
+        if v then return true end
+      end
+    end
+  end
+  return false
+end
+
+-- The fast path: when none of the birth entries has a record or a finished one, all of them
+-- are claimed by the read itself; one EXISTS and one HMGET tell.
 local births_claimed = 0
 if births > 0 then
   local keys = {}
-  for i = 5, first_pair - 1 do keys[#keys + 1] = record_key(ARGV[i]) end
-  if existing(keys) == 0 then
+  for i = 5, 4 + births do keys[#keys + 1] = record_key(ARGV[i]) end
+  if existing(keys) == 0 and not any_finished() then
     births_claimed = 1
-    for i = 5, first_pair - 1 do changed[#changed + 1] = ARGV[i] end
+    for i = 5, 4 + births do changed[#changed + 1] = ARGV[i] end
   end
 end
 
@@ -82,7 +100,12 @@ local function claim_entry(entry, id)
     r = redis.call('HMGET', key, 'state', 'entry', 'dn', 'att', 'max', 'exec', 'spec', 'rtime',
       'f', 'dlv')
   end
-  if not r[1] and id == entry then
+  if not r[1] and id == entry and finished_value(id) then
+    -- Finished already (in its finished bucket): delivered again after the consumer group was
+    -- recreated. Dropped, like any entry of a finished task.
+    redis.call('XACK', STREAM, GROUP, entry)
+    redis.call('XDEL', STREAM, entry)
+  elseif not r[1] and id == entry then
     -- A birth entry (the fast path): RUNNING from this read on, at attempt 1 under the birth
     -- token, with nothing written. Its spec and options are in the entry the executor read,
     -- so the row leaves them empty.

@@ -96,6 +96,31 @@ end
 local function record_key(id) return base .. 't:' .. id end
 local function errors_key(id) return base .. 'e:' .. id end
 
+-- Finished buckets: a task born in the stream (the fast path) that succeeds at its first
+-- attempt gets no record of its own. Its record, packed (queue/src/record.rs, `Finished`), is
+-- a field of the hash of the second it was born in (its id's ms / 1000), which expires with
+-- its longest-kept task: one HSET and one PEXPIRE per batch instead of two commands and a
+-- key per task.
+local function fin_key(second) return base .. 'fin:' .. second end
+
+-- The packed record of an entry-named task in its finished bucket, or nil.
+local function finished_value(id)
+  local ms = string.match(id, '^0*(%d+)%-%d+$')
+  if not ms then return nil end
+  local second = '0'
+  if #ms > 3 then second = string.sub(ms, 1, -4) end
+  return redis.call('HGET', fin_key(second), id) or nil
+end
+
+-- Whether `id` is in its finished bucket with the outcome `packed` (the value less its
+-- `<ftime>,` prefix): a write of that outcome is being retried.
+local function finished_as(id, packed)
+  local v = finished_value(id)
+  if not v then return false end
+  local comma = string.find(v, ',', 1, true)
+  return comma ~= nil and string.sub(v, comma + 1) == packed
+end
+
 -- Task ids changed by this script call, announced to watchers (WatchTask) by one PUBLISH on
 -- the queue's events channel when the script ends (`flush_notifications`): one message per
 -- call, not per task, so batches stay cheap.
@@ -272,27 +297,46 @@ local function virtual_record(id, now, max_deliveries, queued)
   return r
 end
 
--- The packed spec without its payload (the tail): the version byte and the six
--- length-prefixed fields (LEB128 lengths) of queue/src/spec.rs. A damaged spec comes back whole
--- (its reader reports it).
-local function spec_head(spec)
-  local pos = 2
-  for _ = 1, 6 do
+-- The position after `n` length-prefixed fields (LEB128 length, then bytes) of `s` starting
+-- at `pos`, or nil when `s` ends first.
+local function skip_fields(s, pos, n)
+  for _ = 1, n do
     local length, scale = 0, 1
     repeat
-      local b = string.byte(spec, pos)
-      if not b then return spec end
+      local b = string.byte(s, pos)
+      if not b then return nil end
       pos = pos + 1
       length = length + (b % 128) * scale
       scale = scale * 128
     until b < 128
     pos = pos + length
   end
-  return string.sub(spec, 1, pos - 1)
+  return pos
+end
+
+-- The packed spec without its payload (the tail): the version byte and the six
+-- length-prefixed fields of queue/src/spec.rs. A damaged spec comes back whole (its reader
+-- reports it).
+local function spec_head(spec)
+  local stop = skip_fields(spec, 2, 6)
+  if not stop then return spec end
+  return string.sub(spec, 1, stop - 1)
+end
+
+-- A finished bucket's value for a list page: cut after the spec's head, its eighth field (no
+-- payload, no result). A damaged value comes back whole (its reader reports it).
+local function finished_head(v)
+  local comma = string.find(v, ',', 1, true)
+  local stop = comma and skip_fields(v, comma + 2, 8)
+  if not stop then return v end
+  return string.sub(v, 1, stop - 1)
 end
 
 -- Writes the record of a task that has none yet (see virtual_record). Returns whether it did.
+-- A task in its finished bucket has its record there: never another one (its entry can be
+-- delivered again once its consumer group is recreated, before it is trimmed).
 local function materialize(id, now, max_deliveries, queued)
+  if finished_value(id) then return false end
   local r = virtual_record(id, now, max_deliveries, queued)
   if not r then return false end
   redis.call('HSET', record_key(id), unpack(r))

@@ -1,12 +1,15 @@
 -- Records the outcomes of a batch of attempts and acknowledges their entries.
 -- ARGV: dead ttl (ms), executor id, the smallest and the largest outcome id that is a stream
--- entry id (both empty when none is), then 10 values per outcome:
---   id, fencing token (the claim's `f`), then what the record of a task that has none yet (the
---   fast path) is written with: spec (packed, as claimed), max attempts, result ttl (ms),
---   priority, idempotency key (all but the spec empty for a task with a record); then kind
---   (ok | retry | fail | cancel), result or error, retry delay (ms).
+-- entry id (both empty when none is), then 8 values per outcome:
+--   id, fencing token (the claim's `f`), then, for the success of a task claimed without a
+--   record (the fast path), its finished record packed by the executor (queue/src/record.rs,
+--   `Finished`: all of it but the finish time and the result's bytes), its birth second and
+--   its result ttl (ms) (all three empty otherwise); then kind (ok | retry | fail | cancel),
+--   result or error, retry delay (ms).
 -- An outcome is written only if the task is still RUNNING under that token: a late outcome
--- from an executor that lost its lease is rejected. Returns one character per outcome, in
+-- from an executor that lost its lease is rejected. A fast-path success gets no record: its
+-- packed record (`<ftime>,` .. packed .. result) becomes a field of its birth second's
+-- finished bucket (FIN), one HSET per bucket per batch. Returns one character per outcome, in
 -- order (a string: a table of numbers costs more to send back): '1' written, '0' rejected,
 -- 'd' the task's record is damaged, '2' this very outcome had already been recorded (`of`,
 -- the token of the recorded outcome, matches: a retried write whose first answer was lost).
@@ -21,8 +24,11 @@ local succeeded, failed = 0, 0
 -- Successes, the common case, share batch-wide commands: one XACK of their entries (which
 -- also ends their leases: a lease is the entry's place in the group's pending list), their
 -- removal from the stream (below), one ZADD into DONE and one trim of it (by the smallest TTL,
--- as per-task trims would); per task: one HMGET, one HSET, one PEXPIRE, the notify.
+-- as per-task trims would), and for fast-path successes one HSET and one PEXPIRE per finished
+-- bucket; a success of a task with a record costs an HMGET, an HSET and a PEXPIRE of its own.
 local ok_entries, ok_done = {}, {}
+-- Birth second -> the finished bucket's field/value list, and the longest TTL among them.
+local fin_fields, fin_ttl = {}, {}
 -- Runs `command key [prefix...] values...` in slices, so a large batch never exceeds Lua's
 -- unpack limit (about 8000 values).
 local function call_in_slices(command, key, prefix, values, step)
@@ -93,15 +99,15 @@ end
 local mine_recorded = false
 if next(mine) ~= nil then
   local keys = {}
-  for i = FIRST, #ARGV, 10 do
+  for i = FIRST, #ARGV, 8 do
     if mine[ARGV[i]] then keys[#keys + 1] = record_key(ARGV[i]) end
   end
   mine_recorded = existing(keys) > 0
 end
 local FIELDS = {'state', 'f', 'entry', 'max', 'cancel', 'exec', 'ttl', 'err', 'of', 'att'}
-for i = FIRST, #ARGV, 10 do
-  local id, fence, spec, max = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
-  local kind, body = ARGV[i + 7], ARGV[i + 8]
+for i = FIRST, #ARGV, 8 do
+  local id, fence, packed = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  local kind, body, delay = ARGV[i + 5], ARGV[i + 6], tonumber(ARGV[i + 7]) or 0
   local key = record_key(id)
   local p = mine[id]
   local r
@@ -112,12 +118,11 @@ for i = FIRST, #ARGV, 10 do
   end
   -- A birth entry's task (the fast path) has no record until now. Its attempt still holds it
   -- when the entry is pending to this executor and the token is the birth token.
-  local fast, created = nil, nil
+  local fast = false
   if not r[1] and p then
-    local token, ms = birth_fence(id)
-    if token == fence then
-      if kind == 'ok' then
-        fast, created = p, ms
+    if (birth_fence(id)) == fence then
+      if kind == 'ok' and packed ~= '' then
+        fast = true
       elseif materialize(id, now, nil, false) then
         r = redis.call('HMGET', key, unpack(FIELDS))
       end
@@ -125,18 +130,23 @@ for i = FIRST, #ARGV, 10 do
   end
   local attempt = r[10]
   if fast then
-    -- Succeeded at its first attempt: the one record it will ever have, written once, with
-    -- nothing a finished task does not need.
-    local ttl = tonumber(ARGV[i + 4]) or 86400000
-    local record = {'spec', spec, 'max', max, 'ctime', created, 'att', '1',
-      'of', fence, 'exec', executor, 'stime', now - (tonumber(fast[3]) or 0),
-      'res', body, 'state', S_SUCCEEDED, 'ftime', now_s}
-    put_field(record, 'prio', ARGV[i + 5])
-    put_field(record, 'idem', ARGV[i + 6])
-    redis.call('HSET', key, unpack(record))
-    redis.call('PEXPIRE', key, ttl)
+    -- Succeeded at its first attempt: its one record, packed into its finished bucket.
+    local second, ttl = ARGV[i + 3], tonumber(ARGV[i + 4]) or 86400000
+    local fields = fin_fields[second]
+    if not fields then
+      fields = {}
+      fin_fields[second] = fields
+      fin_ttl[second] = ttl
+    elseif ttl > fin_ttl[second] then
+      fin_ttl[second] = ttl
+    end
+    fields[#fields + 1] = id
+    fields[#fields + 1] = now_s .. ',' .. packed .. body
     succeeded_one(id, id, ttl)
   elseif r[9] == fence and r[6] == executor then
+    out[#out + 1] = '2'
+  elseif not r[1] and packed ~= '' and finished_as(id, packed .. body) then
+    -- Already in its finished bucket, with this very outcome: a retried write.
     out[#out + 1] = '2'
   elseif r[1] ~= S_RUNNING or r[2] ~= fence then
     out[#out + 1] = '0'
@@ -168,13 +178,21 @@ for i = FIRST, #ARGV, 10 do
       elseif r[5] == '1' then
         finish(id, key, S_CANCELLED, now)
       else
-        local due = now + tonumber(ARGV[i + 9])
+        local due = now + delay
         redis.call('HSET', key, 'state', S_RETRYING, 'rtime', due)
         redis.call('HDEL', key, 'entry')
         redis.call('ZADD', RETRYING, due, id)
         notify(id, S_RETRYING)
       end
     end
+  end
+end
+for second, fields in pairs(fin_fields) do
+  local bucket = fin_key(second)
+  call_in_slices('HSET', bucket, nil, fields, 1000)
+  -- The bucket lives as long as its longest-kept task (PTTL is -1 while it has no expiry).
+  if redis.call('PTTL', bucket) < fin_ttl[second] then
+    redis.call('PEXPIRE', bucket, fin_ttl[second])
   end
 end
 if #ok_done > 0 then

@@ -4,7 +4,8 @@
 local id = ARGV[1]
 local key = record_key(id)
 local state = redis.call('HGET', key, 'state')
-if not state then return '' end
+-- A task in its finished bucket succeeded (and is not retried).
+if not state then return finished_value(id) and S_SUCCEEDED or '' end
 if state == S_DEAD or state == S_CANCELLED then
   local now = now_ms()
   redis.call('ZREM', DEAD, id)

@@ -76,28 +76,57 @@ pub struct ListPage {
 type StoredTask = (HashMap<String, Vec<u8>>, Vec<String>);
 
 impl Broker {
-    /// Reads a task, or `None` when it does not exist. A task with a record is one pipelined
-    /// round trip with no script (a script call has a fixed cost of its own, ~0.05 ms at low
-    /// load); a task still living only in its stream entry (the fast path) takes one more,
-    /// `get.lua`, which describes it from the entry (or finds the record written meanwhile).
+    /// Reads a task, or `None` when it does not exist. A task with a record, or one that
+    /// succeeded on the fast path (its finished bucket's field, read in the same pipeline), is
+    /// one round trip with no script (a script call has a fixed cost of its own, ~0.05 ms at
+    /// low load); a task still living only in its stream entry takes one more, `get.lua`,
+    /// which describes it from the entry (or finds what was written meanwhile).
     pub async fn task(&self, id: &TaskId) -> Result<Option<TaskRecord>> {
-        let pipe = redis::pipe()
-            .cmd("HGETALL")
+        let mut pipe = redis::pipe();
+        pipe.cmd("HGETALL")
             .arg(self.keys.record(id.queue(), id.local()))
             .cmd("LRANGE")
             .arg(self.keys.errors(id.queue(), id.local()))
             .arg(0)
-            .arg(-1)
-            .clone();
-        let (fields, errors): StoredTask = self
+            .arg(-1);
+        if let Some(ms) = id.entry_ms() {
+            pipe.cmd("HGET")
+                .arg(
+                    self.keys
+                        .finished_bucket(id.queue(), crate::record::bucket_second(ms)),
+                )
+                .arg(id.local())
+                .cmd("TIME");
+        }
+        let replies: Vec<Value> = self
             .resending(|| {
                 let mut con = self.con.clone();
                 let pipe = &pipe;
                 async move { self.timed(pipe.query_async(&mut con)).await }
             })
             .await?;
+        let mut replies = replies.into_iter();
+        let mut next = || replies.next().unwrap_or(Value::Nil);
+        let mut fields: HashMap<String, Vec<u8>> = redis::from_redis_value(next())?;
+        let errors: Vec<String> = redis::from_redis_value(next())?;
+        let finished: Option<Vec<u8>> = redis::from_redis_value(next())?;
+        if fields.is_empty()
+            && let Some(value) = finished
+        {
+            // Redis's clock, which the value's result TTL is judged against.
+            let (seconds, micros): (u64, u64) = match next() {
+                Value::Nil => (0, 0),
+                time => redis::from_redis_value(time)?,
+            };
+            let now_ms = seconds * 1000 + micros / 1000;
+            fields.insert(crate::record::PACKED.to_owned(), value);
+            fields.insert(
+                crate::record::NOW.to_owned(),
+                now_ms.to_string().into_bytes(),
+            );
+        }
         if !fields.is_empty() {
-            return crate::record::parse(id.clone(), fields, errors).map(Some);
+            return crate::record::parse_stored(id.clone(), fields, errors);
         }
         if !id.is_entry() {
             return Ok(None);
@@ -117,7 +146,7 @@ impl Broker {
         if fields.is_empty() {
             return Ok(None);
         }
-        crate::record::parse(id.clone(), fields, errors).map(Some)
+        crate::record::parse_stored(id.clone(), fields, errors)
     }
 
     /// Reads many tasks of one queue in one round trip, as list rows: without their payload,
@@ -138,11 +167,10 @@ impl Broker {
             if fields.is_empty() {
                 continue;
             }
-            out.push(crate::record::parse(
-                TaskId::from_parts(queue, local),
-                fields,
-                errors,
-            )?);
+            let id = TaskId::from_parts(queue, local);
+            if let Some(task) = crate::record::parse_stored(id, fields, errors)? {
+                out.push(task);
+            }
         }
         Ok(out)
     }

@@ -10,7 +10,7 @@ use redis::aio::ConnectionManager;
 use crate::broker::Broker;
 use crate::keys::{ENTRY_TASK_FIELD, GROUP, STREAM};
 use crate::spec;
-use crate::task::{Birth, ClaimedTask, Completion, Outcome, TaskId};
+use crate::task::{Birth, ClaimedTask, Completion, Outcome, TaskId, stream_id_parts};
 use crate::{Error, Result};
 
 /// [`ENTRY_TASK_FIELD`] as bytes, to match entry field names against.
@@ -183,8 +183,21 @@ impl Broker {
             .arg(max_deliveries.max(1))
             .arg(self.config.dead_ttl.as_millis() as u64)
             .arg(births.len());
+        let mut seconds = Vec::with_capacity(1);
         for read in &births {
             invocation.arg(&read.entry);
+            if let Some((ms, _)) = stream_id_parts(&read.entry) {
+                let second = crate::record::bucket_second(ms);
+                if !seconds.contains(&second) {
+                    seconds.push(second);
+                }
+            }
+        }
+        // The finished buckets the birth entries' tasks would be in, had they finished (an
+        // entry delivered again after its consumer group was recreated).
+        invocation.arg(seconds.len());
+        for second in &seconds {
+            invocation.arg(*second);
         }
         for read in &others {
             invocation.arg(&read.entry).arg(&read.task);
@@ -213,7 +226,7 @@ impl Broker {
         }
         tasks.extend(
             rows.into_iter()
-                .filter_map(|row| skip_damaged(claimed_from_row(queue, row, entries))),
+                .filter_map(|row| skip_damaged(claimed_from_row(queue, row, entries, now_ms))),
         );
         Ok(Claimed {
             paused: paused == 1,
@@ -258,14 +271,35 @@ impl Broker {
                 .arg(highest);
             for &index in &indexes {
                 let completion = completions[index];
-                invocation
-                    .arg(completion.id.local())
-                    .arg(completion.fence)
-                    .arg(&completion.spec)
-                    .arg(completion.max_attempts)
-                    .arg(completion.birth.as_ref().map_or("", |b| &b.result_ttl_ms))
-                    .arg(completion.birth.as_ref().map_or("", |b| &b.priority))
-                    .arg(completion.birth.as_ref().map_or("", |b| &b.idempotency_key));
+                invocation.arg(completion.id.local()).arg(completion.fence);
+                // A success of a task still without a record (the fast path) goes into its
+                // birth second's finished bucket, packed here: the script adds the finish time
+                // and the result.
+                match (
+                    &completion.birth,
+                    &completion.outcome,
+                    completion.id.entry_ms(),
+                ) {
+                    (Some(birth), Outcome::Succeeded(result), Some(ms)) => {
+                        let packed = crate::record::Finished {
+                            executor: executor_id,
+                            fence: completion.fence,
+                            started_ms: birth.started_ms,
+                            max_attempts: completion.max_attempts,
+                            result_ttl_ms: &birth.result_ttl_ms,
+                            priority: &birth.priority,
+                            idempotency_key: &birth.idempotency_key,
+                            spec: &completion.spec,
+                            result_len: result.len(),
+                        }
+                        .pack();
+                        invocation
+                            .arg(packed)
+                            .arg(crate::record::bucket_second(ms))
+                            .arg(&birth.result_ttl_ms)
+                    }
+                    _ => invocation.arg("").arg("").arg(""),
+                };
                 match &completion.outcome {
                     Outcome::Succeeded(result) => invocation.arg("ok").arg(result).arg(0),
                     Outcome::Retry { error, delay } => invocation
@@ -649,12 +683,6 @@ fn birth_fence((ms, seq): (u64, u64)) -> u64 {
     ms.saturating_mul(1000).saturating_add(seq.min(999))
 }
 
-/// The (ms, seq) numbers of a stream id.
-fn stream_id_parts(entry: &str) -> Option<(u64, u64)> {
-    let (ms, seq) = entry.split_once('-')?;
-    Some((ms.parse().ok()?, seq.parse().ok()?))
-}
-
 /// The task of a birth entry claimed by its read: attempt 1 of its first delivery, under its
 /// birth token, having waited since its entry was written (`now_ms`: Redis's clock).
 fn birth_task(queue: &str, read: &ReadEntry, now_ms: u64) -> Result<ClaimedTask> {
@@ -671,7 +699,10 @@ fn birth_task(queue: &str, read: &ReadEntry, now_ms: u64) -> Result<ClaimedTask>
             queue_wait_ms: now_ms.saturating_sub(parts.0),
             deliveries: 1,
             fence: birth_fence(parts),
-            birth: Some(read.birth.clone()),
+            birth: Some(Birth {
+                started_ms: now_ms,
+                ..read.birth.clone()
+            }),
         },
     )
 }
@@ -718,7 +749,12 @@ fn claimed_task(queue: &str, local: &str, fields: ClaimFields<'_>) -> Result<Cla
 
 /// A claim row as a task. A birth entry's row leaves its spec and max attempts empty: they
 /// come from the entry as read (`entries`).
-fn claimed_from_row(queue: &str, row: Vec<Value>, entries: &[ReadEntry]) -> Result<ClaimedTask> {
+fn claimed_from_row(
+    queue: &str,
+    row: Vec<Value>,
+    entries: &[ReadEntry],
+    now_ms: u64,
+) -> Result<ClaimedTask> {
     if row.len() < 7 {
         return Err(Error::Corrupt(format!(
             "claim row has {} values",
@@ -737,7 +773,10 @@ fn claimed_from_row(queue: &str, row: Vec<Value>, entries: &[ReadEntry]) -> Resu
         if let Some(read) = read {
             spec = read.spec.clone().unwrap_or_default();
             max_attempts = read.max_attempts.clone().unwrap_or_default();
-            birth = Some(read.birth.clone());
+            birth = Some(Birth {
+                started_ms: now_ms,
+                ..read.birth.clone()
+            });
         }
     }
     let queue_wait_ms: u64 = redis::from_redis_value(next())?;

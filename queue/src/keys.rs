@@ -18,6 +18,10 @@ pub const RETRYING: &str = "retrying";
 pub const DEAD: &str = "dead";
 /// Sorted set of SUCCEEDED and CANCELLED task ids by finish time (trimmed to the result TTL).
 pub const DONE: &str = "done";
+/// Prefix of a finished bucket, `fin:<second>`: a hash of task id -> the packed record of a
+/// task born in the stream in that second (its id's ms / 1000) that succeeded at its first
+/// attempt (the fast path; see `record::Finished`). Expires with its longest-kept task.
+pub const FINISHED_BUCKET: &str = "fin";
 /// Hash of executor id -> `last_seen_ms|host|in_flight`.
 pub const EXECUTORS: &str = "executors";
 /// Hash of executor id -> the oldest task layout it reads (`2`: it knows birth entries, the
@@ -74,6 +78,11 @@ impl Keys {
         format!("{}:{{{queue}}}:t:{local_id}", self.namespace)
     }
 
+    /// The finished bucket of tasks born in `second` (see [`FINISHED_BUCKET`]).
+    pub fn finished_bucket(&self, queue: &str, second: u64) -> String {
+        format!("{}:{{{queue}}}:{FINISHED_BUCKET}:{second}", self.namespace)
+    }
+
     /// The list holding a task's attempt errors.
     pub fn errors(&self, queue: &str, local_id: &str) -> String {
         format!("{}:{{{queue}}}:e:{local_id}", self.namespace)
@@ -107,6 +116,7 @@ mod tests {
         assert_eq!(keys.queue_prefix("default"), "tarefa:{default}:");
         assert_eq!(keys.queue_key("default", STREAM), "tarefa:{default}:stream");
         assert_eq!(keys.record("mail", "01J"), "tarefa:{mail}:t:01J");
+        assert_eq!(keys.finished_bucket("mail", 17), "tarefa:{mail}:fin:17");
         assert_eq!(keys.events_channel("mail"), "tarefa:{mail}:events");
         assert_eq!(keys.handlers_key(HANDLERS_LIVE), "tarefa:{handlers}:live");
         assert_eq!(keys.handlers_key(HANDLERS_INFO), "tarefa:{handlers}:info");

@@ -88,6 +88,169 @@ pub(crate) const FIELDS: &[&str] = &[
     IDEMPOTENCY_KEY,
 ];
 
+/// The name `get.lua` answers a finished-bucket value under, in place of a record's fields.
+pub(crate) const PACKED: &str = "@fin";
+
+/// The layout version of a finished-bucket value.
+const PACKED_VERSION: u8 = b'1';
+
+/// The bucket second of an entry-named task: its birth time in whole seconds (the entry id's
+/// ms part / 1000). `fin_bucket` in common.lua computes the same from the id's text.
+pub(crate) fn bucket_second(entry_ms: u64) -> u64 {
+    entry_ms / 1000
+}
+
+/// A first-attempt success of a task born in the stream (the fast path), packed for its
+/// finished bucket (`tarefa:{queue}:fin:<birth second>`, a hash of task id -> value) by the
+/// executor, which knows all of it but the finish time: complete.lua writes
+/// `<ftime>,` ++ this ++ the result. Layout after the comma: a version byte (`1`), then
+/// length-prefixed fields (LEB128 length, then bytes, as in spec.rs): executor, outcome token,
+/// start time, max attempts, result TTL, priority, idempotency key, the spec's head, the
+/// spec's payload, and the result's length (its bytes follow). A list page's copy
+/// (`get.lua summary`) ends after the spec's head. The task's creation time is its id's, its
+/// state SUCCEEDED, its attempt 1: nothing else of a record applies to it.
+pub(crate) struct Finished<'a> {
+    pub(crate) executor: &'a str,
+    pub(crate) fence: u64,
+    pub(crate) started_ms: u64,
+    pub(crate) max_attempts: u32,
+    pub(crate) result_ttl_ms: &'a str,
+    pub(crate) priority: &'a str,
+    pub(crate) idempotency_key: &'a str,
+    pub(crate) spec: &'a [u8],
+    pub(crate) result_len: usize,
+}
+
+impl Finished<'_> {
+    /// The packed value, less the finish time before it and the result after it.
+    pub(crate) fn pack(&self) -> Vec<u8> {
+        let head = spec::head_len(self.spec).unwrap_or(self.spec.len());
+        let (spec_head, payload) = self.spec.split_at(head);
+        let fence = self.fence.to_string();
+        let started = self.started_ms.to_string();
+        let max = self.max_attempts.to_string();
+        let fields: [&[u8]; 9] = [
+            self.executor.as_bytes(),
+            fence.as_bytes(),
+            started.as_bytes(),
+            max.as_bytes(),
+            self.result_ttl_ms.as_bytes(),
+            self.priority.as_bytes(),
+            self.idempotency_key.as_bytes(),
+            spec_head,
+            payload,
+        ];
+        let mut out = Vec::with_capacity(16 + fields.iter().map(|f| f.len() + 2).sum::<usize>());
+        out.push(PACKED_VERSION);
+        for field in fields {
+            spec::put_length(&mut out, field.len());
+            out.extend_from_slice(field);
+        }
+        spec::put_length(&mut out, self.result_len);
+        out
+    }
+}
+
+/// A finished-bucket value (see [`Finished`]) as a record's fields, ready for [`parse`], with
+/// the time (Unix ms) its result TTL runs out: the bucket lives as long as its longest-kept
+/// task, and a reader hides the others once their own TTL has passed. A list page's copy
+/// (cut after the spec's head) gives no payload and no result.
+pub(crate) fn unpack_finished(
+    local: &str,
+    value: &[u8],
+) -> std::result::Result<(HashMap<String, Vec<u8>>, u64), String> {
+    let comma = value
+        .iter()
+        .position(|&b| b == b',')
+        .ok_or("no finish time")?;
+    let finished = &value[..comma];
+    let finished_ms: u64 = std::str::from_utf8(finished)
+        .ok()
+        .and_then(|t| t.parse().ok())
+        .ok_or("a bad finish time")?;
+    let (&version, mut rest) = value[comma + 1..]
+        .split_first()
+        .ok_or("nothing after the finish time")?;
+    if version != PACKED_VERSION {
+        return Err(format!("layout version {version} is unknown"));
+    }
+    let mut parts: Vec<&[u8]> = Vec::with_capacity(10);
+    while !rest.is_empty() && parts.len() < 10 {
+        let (length, after) = spec::take_length(rest).ok_or("a bad length")?;
+        if parts.len() == 9 {
+            // The result: the rest of the value.
+            let result = after.get(..length).ok_or("the result is cut short")?;
+            parts.push(result);
+            break;
+        }
+        let field = after.get(..length).ok_or("a field is cut short")?;
+        parts.push(field);
+        rest = &after[length..];
+    }
+    if parts.len() < 8 {
+        return Err(format!("{} fields of at least 8", parts.len()));
+    }
+    let part = |i: usize| parts.get(i).copied().unwrap_or_default();
+    let created = local.split_once('-').map_or("", |(ms, _)| ms);
+    let created = created.trim_start_matches('0');
+    let created = if created.is_empty() { "0" } else { created };
+    let ttl_ms: u64 = std::str::from_utf8(part(4))
+        .ok()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(86_400_000);
+    let mut spec = part(7).to_vec();
+    spec.extend_from_slice(part(8));
+    let mut fields: HashMap<String, Vec<u8>> = HashMap::with_capacity(13);
+    let mut put = |name: &str, value: &[u8]| {
+        fields.insert(name.to_owned(), value.to_vec());
+    };
+    put(STATE, b"4");
+    put(ATTEMPT, b"1");
+    put(CREATED, created.as_bytes());
+    put(FINISHED, finished);
+    put(EXECUTOR, part(0));
+    put(OUTCOME_FENCE, part(1));
+    put(STARTED, part(2));
+    put(MAX_ATTEMPTS, part(3));
+    put(RESULT_TTL, part(4));
+    for (name, i) in [(PRIORITY, 5), (IDEMPOTENCY_KEY, 6)] {
+        if !part(i).is_empty() {
+            put(name, part(i));
+        }
+    }
+    put(RESULT, part(9));
+    fields.insert(SPEC.to_owned(), spec);
+    Ok((fields, finished_ms.saturating_add(ttl_ms)))
+}
+
+/// The name Redis's clock (Unix ms) is answered under beside [`PACKED`]: what a finished
+/// bucket's value is judged expired against (never the reader's own clock, which may be off).
+pub(crate) const NOW: &str = "@now";
+
+/// What a reader got for a task (`get.lua`, or a record's `HGETALL`) as a [`TaskRecord`]:
+/// `None` for a finished-bucket value whose result TTL has run out by Redis's clock ([`NOW`],
+/// answered with it): such a value stays only while a task of the same second is kept longer.
+pub(crate) fn parse_stored(
+    id: TaskId,
+    mut fields: HashMap<String, Vec<u8>>,
+    errors: Vec<String>,
+) -> Result<Option<TaskRecord>> {
+    if let Some(value) = fields.remove(PACKED) {
+        let now = fields.remove(NOW).unwrap_or_default();
+        let now_ms: u64 = std::str::from_utf8(&now)
+            .ok()
+            .and_then(|t| t.parse().ok())
+            .ok_or_else(|| Error::Corrupt(format!("task {id}: no clock read with it")))?;
+        let (fields, expires_ms) = unpack_finished(id.local(), &value)
+            .map_err(|e| Error::Corrupt(format!("task {id}: finished record: {e}")))?;
+        if expires_ms <= now_ms {
+            return Ok(None);
+        }
+        return parse(id, fields, Vec::new()).map(Some);
+    }
+    parse(id, fields, errors).map(Some)
+}
+
 /// A record read from Redis (`HGETALL`) and its errors list, as a [`TaskRecord`].
 pub(crate) fn parse(
     id: TaskId,
@@ -297,6 +460,100 @@ mod tests {
                 .unwrap_or_else(|| panic!("{name} missing from common.lua"));
             assert_eq!(code, (state as i32).to_string(), "{name}");
         }
+    }
+
+    #[test]
+    fn a_finished_bucket_value_reads_as_the_record_it_replaces() {
+        let task = crate::task::NewTask {
+            id: TaskId::from_parts("q", "1764400000123-7"),
+            task_type: "resize".to_owned(),
+            payload: b"{\"w\":64}".to_vec(),
+            content_type: "application/json".to_owned(),
+            run_at_ms: 0,
+            delay_ms: 0,
+            max_attempts: 3,
+            backoff: None,
+            timeout: std::time::Duration::from_secs(5),
+            result_ttl: std::time::Duration::from_secs(60),
+            priority: 2,
+            headers: HashMap::new(),
+            traceparent: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".to_owned(),
+            idempotency_key: "k1".to_owned(),
+        };
+        let spec_bytes = spec::encode(&task);
+        let result = b"\"ok\"".to_vec();
+        let packed = Finished {
+            executor: "exec-1",
+            fence: 1_764_400_000_123_007,
+            started_ms: 1_764_400_000_200,
+            max_attempts: 3,
+            result_ttl_ms: "60000",
+            priority: "2",
+            idempotency_key: "k1",
+            spec: &spec_bytes,
+            result_len: result.len(),
+        }
+        .pack();
+        // What complete.lua stores: the finish time, a comma, the packed value, the result.
+        let mut value = b"1764400000250,".to_vec();
+        value.extend_from_slice(&packed);
+        value.extend_from_slice(&result);
+        let id = task.id.clone();
+        let stored_at = |value: &[u8], now: u64| {
+            HashMap::from([
+                (PACKED.to_owned(), value.to_vec()),
+                (NOW.to_owned(), now.to_string().into_bytes()),
+            ])
+        };
+        let stored = |value: &[u8]| stored_at(value, 0);
+        let record = parse_stored(id.clone(), stored_at(&value, 1_764_400_000_300), Vec::new())
+            .expect("parses")
+            .expect("not expired");
+        assert_eq!(record.state, TaskState::Succeeded);
+        assert_eq!((record.attempt, record.max_attempts), (1, 3));
+        assert_eq!(record.created_at_ms, 1_764_400_000_123);
+        assert_eq!(record.started_at_ms, 1_764_400_000_200);
+        assert_eq!(record.finished_at_ms, 1_764_400_000_250);
+        assert_eq!(record.executor_id, "exec-1");
+        assert_eq!(
+            (record.priority, record.idempotency_key.as_str()),
+            (2, "k1")
+        );
+        assert_eq!(record.task_type, "resize");
+        assert_eq!(record.traceparent, task.traceparent);
+        assert_eq!(record.payload, task.payload);
+        assert_eq!(record.result, result);
+
+        // Past its own result TTL it is gone, though its bucket may live on.
+        let expired = parse_stored(id.clone(), stored_at(&value, 1_764_400_060_250), Vec::new());
+        assert!(matches!(expired, Ok(None)), "{expired:?}");
+
+        // A list page's copy (finished_head in common.lua: cut after the spec's head).
+        let comma = value.iter().position(|&b| b == b',').expect("a comma");
+        let mut stop = comma + 2;
+        for _ in 0..8 {
+            let (length, after) = spec::take_length(&value[stop..]).expect("a length");
+            stop = value.len() - after.len() + length;
+        }
+        let summary = parse_stored(id.clone(), stored(&value[..stop]), Vec::new())
+            .expect("parses")
+            .expect("not expired");
+        assert_eq!(summary.task_type, "resize");
+        assert!(summary.payload.is_empty() && summary.result.is_empty());
+
+        // Damage is an error, never a panic or a guess.
+        for cut in 0..stop {
+            assert!(
+                parse_stored(id.clone(), stored(&value[..cut]), Vec::new()).is_err(),
+                "cut at {cut}"
+            );
+        }
+        let mut bad = value.clone();
+        bad[comma + 1] = b'9';
+        assert!(parse_stored(id.clone(), stored(&bad), Vec::new()).is_err());
+        // Without Redis's clock beside it, it cannot be judged: an error, not a guess.
+        let alone = HashMap::from([(PACKED.to_owned(), value.clone())]);
+        assert!(parse_stored(id, alone, Vec::new()).is_err());
     }
 
     #[test]

@@ -96,7 +96,19 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Spec, String> {
     })
 }
 
-fn put_length(out: &mut Vec<u8>, mut length: usize) {
+/// The length of a packed spec's head: everything before the payload (what `spec_head` in
+/// common.lua keeps for list pages). `None` when the spec is damaged.
+pub(crate) fn head_len(bytes: &[u8]) -> Option<usize> {
+    let mut rest = bytes.get(1..)?;
+    for _ in 0..6 {
+        let (length, after) = take_length(rest)?;
+        rest = after.get(length..)?;
+    }
+    Some(bytes.len() - rest.len())
+}
+
+/// Appends a LEB128 length.
+pub(crate) fn put_length(out: &mut Vec<u8>, mut length: usize) {
     while length >= 0x80 {
         out.push((length as u8 & 0x7f) | 0x80);
         length >>= 7;
@@ -105,7 +117,7 @@ fn put_length(out: &mut Vec<u8>, mut length: usize) {
 }
 
 /// Reads a LEB128 length; `None` when it is cut short or absurd (over 2^35).
-fn take_length(bytes: &[u8]) -> Option<(usize, &[u8])> {
+pub(crate) fn take_length(bytes: &[u8]) -> Option<(usize, &[u8])> {
     let mut length = 0usize;
     for (i, &byte) in bytes.iter().enumerate().take(5) {
         length |= ((byte & 0x7f) as usize) << (7 * i);
@@ -177,6 +189,20 @@ mod tests {
         }
         assert!(decode(&[2]).is_err());
         assert!(decode(&[1, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]).is_err());
+    }
+
+    #[test]
+    fn the_head_is_everything_before_the_payload() {
+        let task = task();
+        let bytes = encode(&task);
+        let head = head_len(&bytes).expect("a head");
+        assert_eq!(&bytes[head..], task.payload.as_slice());
+        let alone = decode(&bytes[..head]).expect("a head decodes alone");
+        assert!(alone.payload.is_empty());
+        assert_eq!(alone.task_type, task.task_type);
+        for cut in 0..head {
+            assert_eq!(head_len(&bytes[..cut]), None, "cut at {cut}");
+        }
     }
 }
 

@@ -66,6 +66,12 @@ impl TaskId {
         is_stream_id(&self.local)
     }
 
+    /// The ms part of an entry-named task's id (when its entry was written), or `None` for a
+    /// ULID-named task.
+    pub fn entry_ms(&self) -> Option<u64> {
+        stream_id_parts(&self.local).map(|(ms, _)| ms)
+    }
+
     /// The local part (an entry id or a ULID), which names the task inside its queue's keys.
     pub fn local(&self) -> &str {
         &self.local
@@ -85,15 +91,19 @@ fn is_ulid(local: &str) -> bool {
 
 /// A stream entry id, `<ms>-<seq>` (the id of a task submitted to run now: its entry names it).
 fn is_stream_id(local: &str) -> bool {
-    let Some((ms, seq)) = local.split_once('-') else {
-        return false;
-    };
+    stream_id_parts(local).is_some()
+}
+
+/// The (ms, seq) numbers of a stream entry id, or `None` when `local` is not one (each part 1
+/// to 20 ASCII digits that fit a u64; Rust's integer parsing alone would also take a `+`).
+pub(crate) fn stream_id_parts(local: &str) -> Option<(u64, u64)> {
+    let (ms, seq) = local.split_once('-')?;
     let number = |part: &str| {
-        (1..=20).contains(&part.len())
-            && part.bytes().all(|b| b.is_ascii_digit())
-            && part.parse::<u64>().is_ok()
+        ((1..=20).contains(&part.len()) && part.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| part.parse::<u64>().ok())
+            .flatten()
     };
-    number(ms) && number(seq)
+    Some((number(ms)?, number(seq)?))
 }
 
 /// Checks a queue name: 1 to `max_len` characters of `[A-Za-z0-9_-]`. The alphabet keeps names
@@ -404,6 +414,8 @@ pub struct Birth {
     pub(crate) priority: String,
     /// The idempotency key, when given.
     pub(crate) idempotency_key: String,
+    /// When its claim ran (Unix ms, Redis's clock): the start time its finished record gets.
+    pub(crate) started_ms: u64,
 }
 
 /// What became of one attempt.

@@ -477,6 +477,195 @@ async fn a_lost_consumer_group_does_not_run_an_attempt_twice() -> anyhow::Result
     Ok(())
 }
 
+/// The record of a task that succeeded on the fast path (born in the stream, first attempt) is
+/// a field of its birth second's finished bucket, not a key of its own, and its stream entry
+/// may outlive it (trimming takes whole nodes, and a running task pins the trim point). Losing
+/// the consumer group then delivers those entries again: none of them runs twice, none gets a
+/// second record, and each still reads as it finished.
+#[tokio::test]
+async fn a_lost_consumer_group_does_not_run_finished_tasks_again() -> anyhow::Result<()> {
+    let h = Harness::builder()
+        .executors(1)
+        .env("RUST_LOG", "info,tarefa_executor=debug")
+        .start()
+        .await?;
+    let mut con = h.redis.connection();
+    // A long task first: while it runs, the entries after it are not trimmed.
+    let long = h.client.submit(Sleep { ms: 60_000 }).await?;
+    h.wait_state(long.id(), TaskState::Running, Duration::from_secs(10))
+        .await;
+    let echoes = h
+        .client
+        .submit_many(
+            (0..20).map(|i| Echo(serde_json::json!(i))),
+            &SubmitOptions::default(),
+        )
+        .await?;
+    let mut finished = Vec::new();
+    for echo in &echoes {
+        let task = h.wait_final(echo.id(), Duration::from_secs(20)).await;
+        assert_eq!(task.state(), TaskState::Succeeded, "{:?}", task.errors);
+        // On the fast path: no record of its own, a field of its bucket.
+        let id = tarefa_queue::TaskId::parse(echo.id())?;
+        let ms = id.entry_ms().expect("a task due now is named by its entry");
+        let record: i64 = redis::cmd("EXISTS")
+            .arg(format!("tarefa:{{default}}:t:{}", id.local()))
+            .query(&mut con)?;
+        let bucketed: i64 = redis::cmd("HEXISTS")
+            .arg(format!("tarefa:{{default}}:fin:{}", ms / 1000))
+            .arg(id.local())
+            .query(&mut con)?;
+        assert_eq!((record, bucketed), (0, 1), "{}", echo.id());
+        finished.push((echo.id().to_owned(), task.finished_at_ms));
+    }
+    let stream = "tarefa:{default}:stream";
+    let length: usize = redis::cmd("XLEN").arg(stream).query(&mut con)?;
+    assert!(
+        length > echoes.len(),
+        "the finished entries were trimmed: {length}"
+    );
+    let succeeded_before = h.client.list_queues().await?[0].succeeded_total;
+
+    let _: i64 = redis::cmd("XGROUP")
+        .arg("DESTROY")
+        .arg(stream)
+        .arg("executors")
+        .query(&mut con)?;
+    // The executor recreates the group from the stream's start and reads every entry again:
+    // the finished ones are dropped, the long task's is its own running attempt.
+    eventually(
+        "the finished tasks' entries to be dropped",
+        Duration::from_secs(20),
+        || {
+            let length: redis::RedisResult<usize> = redis::cmd("XLEN")
+                .arg(stream)
+                .query(&mut h.redis.connection());
+            async move { length.ok().filter(|&n| n <= 1).map(|_| ()) }
+        },
+    )
+    .await;
+    assert_eq!(
+        h.client.list_queues().await?[0].succeeded_total,
+        succeeded_before,
+        "a finished task ran again"
+    );
+    let log = h.executors[0].log();
+    for (id, finished_at) in &finished {
+        let named = format!("task_id={id} ");
+        let runs = log
+            .lines()
+            .filter(|l| l.contains(&named) && l.contains("task succeeded"))
+            .count();
+        assert_eq!(runs, 1, "{id} ran {runs} times");
+        let task = h.client.get(id).await?;
+        assert_eq!(task.state(), TaskState::Succeeded);
+        assert_eq!(task.finished_at_ms, *finished_at, "{id} was written again");
+        let record: i64 = redis::cmd("EXISTS")
+            .arg(format!(
+                "tarefa:{{default}}:t:{}",
+                id.split_once(':').map_or("", |p| p.1)
+            ))
+            .query(&mut con)?;
+        assert_eq!(record, 0, "{id} got a record");
+    }
+    h.client.cancel(long.id()).await?;
+    Ok(())
+}
+
+/// Tasks born in the same second share a finished bucket, which lives as long as the longest
+/// result TTL among them; each is still gone, to every reader, once its own TTL has passed.
+/// A task in a bucket is SUCCEEDED to CancelTask and RetryTask as well (refused with
+/// FAILED_PRECONDITION, never NOT_FOUND).
+#[tokio::test]
+async fn tasks_sharing_a_finished_bucket_keep_their_own_result_ttl() -> anyhow::Result<()> {
+    let h = Harness::builder().executors(1).start().await?;
+    let with_ttl = |ms: u64| SubmitOptions {
+        result_ttl: Some(Duration::from_millis(ms)),
+        ..SubmitOptions::default()
+    };
+    // Two submits in the same second (their ids are their entries': ms-seq).
+    let second = |id: &str| -> u64 {
+        tarefa_queue::TaskId::parse(id)
+            .ok()
+            .and_then(|t| t.entry_ms())
+            .map_or(u64::MAX, |ms| ms / 1000)
+    };
+    let (short, long) = eventually("two submits in one second", Duration::from_secs(20), || {
+        let client = h.client.clone();
+        let (short_ttl, long_ttl) = (with_ttl(1_500), with_ttl(3_600_000));
+        async move {
+            let short = client
+                .submit_with(Echo(serde_json::json!("short")), &short_ttl)
+                .await
+                .ok()?;
+            let long = client
+                .submit_with(Echo(serde_json::json!("long")), &long_ttl)
+                .await
+                .ok()?;
+            (second(short.id()) == second(long.id()) && second(long.id()) != u64::MAX)
+                .then(|| (short.id().to_owned(), long.id().to_owned()))
+        }
+    })
+    .await;
+    for id in [&short, &long] {
+        let task = h.wait_final(id, Duration::from_secs(20)).await;
+        assert_eq!(task.state(), TaskState::Succeeded, "{:?}", task.errors);
+    }
+    let bucket = format!("tarefa:{{default}}:fin:{}", second(&long));
+    let mut con = h.redis.connection();
+    let fields: i64 = redis::cmd("HLEN").arg(&bucket).query(&mut con)?;
+    assert!(fields >= 2, "{bucket} holds {fields}");
+
+    for id in [&short, &long] {
+        let refused = h.client.cancel(id).await.unwrap_err();
+        assert_eq!(refused.code(), Some(Code::FailedPrecondition), "{refused}");
+        assert!(refused.to_string().contains("SUCCEEDED"), "{refused}");
+        let refused = h.client.retry(id).await.unwrap_err();
+        assert_eq!(refused.code(), Some(Code::FailedPrecondition), "{refused}");
+    }
+
+    let gone = eventually("the short task to expire", Duration::from_secs(20), || {
+        let client = h.client.clone();
+        let short = short.clone();
+        async move {
+            let error = client.get(&short).await.err()?;
+            Some(error)
+        }
+    })
+    .await;
+    assert_eq!(gone.code(), Some(Code::NotFound), "{gone}");
+    let kept = h.client.get(&long).await?;
+    assert_eq!(kept.state(), TaskState::Succeeded);
+    assert_eq!(kept.result, b"\"long\"");
+    let still: i64 = redis::cmd("HEXISTS")
+        .arg(&bucket)
+        .arg(short.split_once(':').map_or("", |p| p.1))
+        .query(&mut con)?;
+    assert_eq!(
+        still, 1,
+        "the bucket still holds the expired task (it lives for the long one)"
+    );
+    let ttl: i64 = redis::cmd("PTTL").arg(&bucket).query(&mut con)?;
+    assert!(
+        ttl > 3_000_000,
+        "the bucket expires with its longest-kept task: {ttl} ms"
+    );
+    // The lists do not show it either.
+    let page = h
+        .client
+        .list_tasks(pb::ListTasksRequest {
+            queue: "default".to_owned(),
+            state: TaskState::Succeeded as i32,
+            page_size: 1000,
+            ..Default::default()
+        })
+        .await?;
+    let listed: Vec<&str> = page.tasks.iter().map(|t| t.task_id.as_str()).collect();
+    assert!(listed.contains(&long.as_str()), "{listed:?}");
+    assert!(!listed.contains(&short.as_str()), "{listed:?}");
+    Ok(())
+}
+
 /// Suspected: shutdown past the grace period charges nothing. A task with one attempt allowed,
 /// interrupted by a rolling restart, runs again as attempt 1 and succeeds.
 #[tokio::test]
