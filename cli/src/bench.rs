@@ -84,7 +84,8 @@ pub(crate) struct BenchArgs {
     #[arg(long, default_value_t = 5)]
     sample_every: u64,
     /// Memory mode: memory of each process idle, then with --tasks tasks waiting (the queue
-    /// paused), Redis memory per waiting task, then the peak while they drain.
+    /// paused), Redis memory per waiting task, then the peak while they drain and Redis memory
+    /// per finished task.
     #[arg(long)]
     memory: bool,
     /// Only run F(--fib-n) in a plain loop on every core (no services): what `--kind fib`
@@ -919,7 +920,8 @@ async fn soak_sampler(
 }
 
 /// Memory of each process idle, with `--tasks` tasks waiting in a paused queue (and Redis's
-/// memory per waiting task), and at its peak while they drain.
+/// memory per waiting task), and at its peak while they drain; then Redis's memory per
+/// finished task, kept for its result TTL.
 async fn memory_mode(
     args: &BenchArgs,
     fleet: &mut Fleet,
@@ -943,7 +945,12 @@ async fn memory_mode(
     wait_succeeded(probe, fleet, base + args.tasks).await?;
     let drain = drain_started.elapsed();
     let drained = fleet_memory(fleet);
+    // What the finished tasks keep in Redis for their result TTL (records or finished buckets,
+    // the `done` index), less what the queue held before.
+    let finished = probe.snapshot().await?;
     let per_task = after.used_memory.saturating_sub(before.used_memory) as f64 / args.tasks as f64;
+    let per_finished =
+        finished.used_memory.saturating_sub(before.used_memory) as f64 / args.tasks as f64;
     Ok(json!({
         "mode": "memory",
         "tasks": args.tasks,
@@ -952,6 +959,7 @@ async fn memory_mode(
         "after_draining": drained,
         "drain_seconds": round(drain.as_secs_f64(), 3),
         "redis_bytes_per_waiting_task": round(per_task, 0),
+        "redis_bytes_per_finished_task": round(per_finished, 0),
         "redis_used_memory_mib_waiting": mib(after.used_memory / 1024),
     }))
 }
