@@ -198,13 +198,14 @@ local function bury(id, key, now, dead_ttl)
   notify(id, S_DEAD)
 end
 
--- Ends a task in a final state that expires after the task's result TTL.
+-- Ends a task in a final state that expires after the task's result TTL. DONE lists it until
+-- then: its score is when it expires, so one trim up to now drops exactly the expired.
 local function finish(id, key, state, now)
   local ttl = tonumber(redis.call('HGET', key, 'ttl')) or 86400000
   redis.call('HSET', key, 'state', state, 'ftime', now)
   redis.call('HDEL', key, 'entry')
-  redis.call('ZADD', DONE, now, id)
-  redis.call('ZREMRANGEBYSCORE', DONE, '-inf', now - ttl)
+  redis.call('ZADD', DONE, now + ttl, id)
+  redis.call('ZREMRANGEBYSCORE', DONE, '-inf', now)
   redis.call('PEXPIRE', key, ttl)
   redis.call('PEXPIRE', errors_key(id), ttl)
   notify(id, state)

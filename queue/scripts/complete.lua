@@ -23,8 +23,8 @@ local out = {}
 local succeeded, failed = 0, 0
 -- Successes, the common case, share batch-wide commands: one XACK of their entries (which
 -- also ends their leases: a lease is the entry's place in the group's pending list), their
--- removal from the stream (below), one ZADD into DONE and one trim of it (by the smallest TTL,
--- as per-task trims would), and for fast-path successes one HSET and one PEXPIRE per finished
+-- removal from the stream (below), one ZADD into DONE (scored by when each expires) and one
+-- trim of it up to now, and for fast-path successes one HSET and one PEXPIRE per finished
 -- bucket; a success of a task with a record costs an HMGET, an HSET and a PEXPIRE of its own.
 local ok_entries, ok_done = {}, {}
 -- Birth second -> the finished bucket's field/value list, and the longest TTL among them.
@@ -70,16 +70,34 @@ local function remove_acknowledged(entries)
   end
   call_in_slices('XDEL', STREAM, nil, entries, 1000)
 end
-local min_ttl = nil
 -- Books a success in the batch-wide commands below (one XACK of the entries, their removal,
--- one ZADD into DONE, one trim of it by the smallest TTL) and the counts.
+-- one ZADD into DONE, scored by when it expires, and one trim of DONE up to now) and the
+-- counts.
+-- A result TTL (as stored: a string) as a number, and the time it runs out (a string, for
+-- DONE's score), each worked out once per distinct TTL in the call: a batch's tasks mostly
+-- share one, and number conversions are the dear part of Lua.
+local ttl_numbers, expiries = {}, {}
+local function ttl_ms(ttl)
+  local n = ttl_numbers[ttl]
+  if not n then
+    n = tonumber(ttl) or 86400000
+    ttl_numbers[ttl] = n
+  end
+  return n
+end
+local function expiry(ttl)
+  local e = expiries[ttl]
+  if not e then
+    e = string.format('%d', now + ttl_ms(ttl))
+    expiries[ttl] = e
+  end
+  return e
+end
 local function succeeded_one(id, entry, ttl)
   out[#out + 1] = '1'
   if entry and entry ~= '' then ok_entries[#ok_entries + 1] = entry end
-  ok_done[#ok_done + 1] = now_s
+  ok_done[#ok_done + 1] = expiry(ttl)
   ok_done[#ok_done + 1] = id
-  local ttl_ms = tonumber(ttl) or 86400000
-  if min_ttl == nil or ttl_ms < min_ttl then min_ttl = ttl_ms end
   notify(id, S_SUCCEEDED)
   succeeded = succeeded + 1
 end
@@ -133,7 +151,8 @@ for i = FIRST, #ARGV, 8 do
   local attempt = r[10]
   if fast then
     -- Succeeded at its first attempt: its one record, packed into its finished bucket.
-    local second, ttl = ARGV[i + 3], tonumber(ARGV[i + 4]) or 86400000
+    local second, ttl_text = ARGV[i + 3], ARGV[i + 4]
+    local ttl = ttl_ms(ttl_text)
     local fields = fin_fields[second]
     if not fields then
       fields = {}
@@ -144,7 +163,7 @@ for i = FIRST, #ARGV, 8 do
     end
     fields[#fields + 1] = id
     fields[#fields + 1] = now_s .. ',' .. packed .. body
-    succeeded_one(id, id, ttl)
+    succeeded_one(id, id, ttl_text)
   elseif r[9] == fence and r[6] == executor then
     out[#out + 1] = '2'
   elseif not r[1] and packed ~= '' and finished_as(id, packed .. body) then
@@ -201,7 +220,7 @@ if #ok_done > 0 then
   call_in_slices('XACK', STREAM, GROUP, ok_entries, 1000)
   remove_acknowledged(ok_entries)
   call_in_slices('ZADD', DONE, nil, ok_done, 1000)
-  redis.call('ZREMRANGEBYSCORE', DONE, '-inf', now - min_ttl)
+  redis.call('ZREMRANGEBYSCORE', DONE, '-inf', now)
 end
 if succeeded > 0 then count('succeeded', succeeded, now) end
 if failed > 0 then count('failed', failed, now) end

@@ -16,7 +16,8 @@ pub const SCHEDULED: &str = "scheduled";
 pub const RETRYING: &str = "retrying";
 /// Sorted set of DEAD task ids by time of death.
 pub const DEAD: &str = "dead";
-/// Sorted set of SUCCEEDED and CANCELLED task ids by finish time (trimmed to the result TTL).
+/// Sorted set of SUCCEEDED and CANCELLED task ids by when each expires (finish time plus its
+/// own result TTL), trimmed up to now: a task is listed exactly as long as it can be read.
 pub const DONE: &str = "done";
 /// Prefix of a finished bucket, `fin:<second>`: a hash of task id -> the packed record of a
 /// task born in the stream in that second (its id's ms / 1000) that succeeded at its first

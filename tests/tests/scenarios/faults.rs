@@ -573,7 +573,8 @@ async fn a_lost_consumer_group_does_not_run_finished_tasks_again() -> anyhow::Re
 }
 
 /// Tasks born in the same second share a finished bucket, which lives as long as the longest
-/// result TTL among them; each is still gone, to every reader, once its own TTL has passed.
+/// result TTL among them; each is still gone, to every reader, once its own TTL has passed,
+/// and listed until then (a shorter-lived task finishing later does not unlist it).
 /// A task in a bucket is SUCCEEDED to CancelTask and RetryTask as well (refused with
 /// FAILED_PRECONDITION, never NOT_FOUND).
 #[tokio::test]
@@ -650,7 +651,15 @@ async fn tasks_sharing_a_finished_bucket_keep_their_own_result_ttl() -> anyhow::
         ttl > 3_000_000,
         "the bucket expires with its longest-kept task: {ttl} ms"
     );
-    // The lists do not show it either.
+    // Another short-lived task finishing later trims the finished index by its own TTL only:
+    // the long-kept task stays listed for as long as it can be read.
+    let later = h
+        .client
+        .submit_with(Echo(serde_json::json!("later")), &with_ttl(1_500))
+        .await?;
+    let later = h.wait_final(later.id(), Duration::from_secs(20)).await;
+    assert_eq!(later.state(), TaskState::Succeeded, "{:?}", later.errors);
+    // The lists do not show the expired one.
     let page = h
         .client
         .list_tasks(pb::ListTasksRequest {

@@ -169,6 +169,8 @@ class SchedulerServicer:
     def ListTasks(self, request, context):
         """Lists a queue's tasks in one state, newest first, paged. Each row is a summary: no
         payload, no result and no error history (last_error is there); GetTask has them.
+        SUCCEEDED and CANCELLED tasks are listed for as long as they can be read, ordered by when
+        they expire (newest first among tasks kept for the same result TTL).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
