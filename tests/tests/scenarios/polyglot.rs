@@ -1039,17 +1039,22 @@ async fn python_nowait_submits_are_coalesced_with_answers_per_task() -> anyhow::
     assert_eq!(distinct(&every), 3000, "one task per submit");
     assert_eq!(out["one_thread_in_order"], true, "{out}");
     assert_eq!(out["threads_in_order"], true, "{out}");
-    assert_eq!(
-        out["many_calls"].get("SubmitTask"),
-        None,
-        "nothing sent alone: {out}"
-    );
+    // A batch that holds one submit when its linger ends goes out as a `SubmitTask` (a busy
+    // machine can delay the producer past the 2 ms linger): counted with the batches.
+    let alone = out["many_calls"]
+        .get("SubmitTask")
+        .and_then(Value::as_u64)
+        .unwrap_or(0);
     let sizes = &out["many_sizes"];
-    assert_eq!(sizes["sum"], 3000, "each task sent once: {sizes}");
+    assert_eq!(
+        sizes["sum"].as_u64().map(|sum| sum + alone),
+        Some(3000),
+        "each task sent once: {sizes}, {alone} alone"
+    );
     assert!(sizes["max"].as_u64() <= Some(100), "{sizes}");
     assert!(
-        sizes["calls"].as_u64().expect("calls") <= 300,
-        "at least 10 tasks per call on average: {sizes}"
+        sizes["calls"].as_u64().expect("calls") + alone <= 300,
+        "at least 10 tasks per call on average: {sizes}, {alone} alone"
     );
     assert_eq!(all_ran("coalesced", 3000).await, (3000, 3000));
 
