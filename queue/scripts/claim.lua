@@ -12,8 +12,9 @@
 -- so no task starts once PauseQueue has answered, whatever an executor has heard so far.
 -- Returns {paused (0/1), rows, births, now}:
 --   births = 1 when every birth entry was claimed as one (none of them has a record or is in
---   its finished bucket, the common case): each is RUNNING at attempt 1 under its birth token, with nothing written,
---   and the executor builds its task from the entry it read (its token from the entry id,
+--   its finished bucket, the common case): each is RUNNING at attempt 1 under its birth
+--   token, with nothing written, and the executor builds its task from the entry it read (its
+--   token from the entry id,
 --   its wait from `now`, Redis's clock in ms). The reply carries nothing per birth entry:
 --   converting a row into a reply is the largest part of a claim's cost.
 --   births = 0 when some birth entry has a record (cancelled, or its record materialized while
@@ -103,8 +104,7 @@ local function claim_entry(entry, id)
   if not r[1] and id == entry and finished_value(id) then
     -- Finished already (in its finished bucket): delivered again after the consumer group was
     -- recreated. Dropped, like any entry of a finished task.
-    redis.call('XACK', STREAM, GROUP, entry)
-    redis.call('XDEL', STREAM, entry)
+    drop_entry(entry)
   elseif not r[1] and id == entry then
     -- A birth entry (the fast path): RUNNING from this read on, at attempt 1 under the birth
     -- token, with nothing written. Its spec and options are in the entry the executor read,
@@ -121,10 +121,7 @@ local function claim_entry(entry, id)
   elseif r[1] ~= S_QUEUED or r[2] ~= entry then
     -- Gone (expired, purged), cancelled, or a stale duplicate entry: drop it. Never drop the
     -- entry the record points at.
-    if r[2] ~= entry then
-      redis.call('XACK', STREAM, GROUP, entry)
-      redis.call('XDEL', STREAM, entry)
-    end
+    if r[2] ~= entry then drop_entry(entry) end
   else
     local deliveries = (tonumber(r[10]) or 0) + 1
     if deliveries > max_deliveries then

@@ -70,9 +70,6 @@ local function remove_acknowledged(entries)
   end
   call_in_slices('XDEL', STREAM, nil, entries, 1000)
 end
--- Books a success in the batch-wide commands below (one XACK of the entries, their removal,
--- one ZADD into DONE, scored by when it expires, and one trim of DONE up to now) and the
--- counts.
 -- A result TTL (as stored: a string) as a number, and the time it runs out (a string, for
 -- DONE's score), each worked out once per distinct TTL in the call: a batch's tasks mostly
 -- share one, and number conversions are the dear part of Lua.
@@ -93,6 +90,9 @@ local function expiry(ttl)
   end
   return e
 end
+-- Books a success in the batch-wide commands below (one XACK of the entries, their removal,
+-- one ZADD into DONE, scored by when it expires, and one trim of DONE up to now) and the
+-- counts.
 local function succeeded_one(id, entry, ttl)
   out[#out + 1] = '1'
   if entry and entry ~= '' then ok_entries[#ok_entries + 1] = entry end

@@ -2,8 +2,8 @@
 -- list, empty when the task does not exist) and its errors list. A task still without a
 -- record (the fast path) is described from its stream entry (virtual_record), and one that
 -- succeeded that way answers its finished bucket's value as the field '@fin', with Redis's
--- clock as '@now' (read by queue/src/record.rs), so a reader never needs to know which kind it is: one round trip
--- either way.
+-- clock as '@now' (read by queue/src/record.rs), so a reader never needs to know which kind
+-- it is: one round trip either way.
 -- ARGV: mode, then task ids. Mode 'full' answers whole records; 'summary' (list pages) leaves
 -- out the payload (the spec's tail), the result and the errors list, so a page of tasks with
 -- megabyte payloads or results stays small.

@@ -66,6 +66,15 @@ impl ReadEntry {
     fn is_birth(&self) -> bool {
         self.task == self.entry
     }
+
+    /// The entry's birth options, claimed at `now_ms` (Redis's clock): the start time its
+    /// finished record gets.
+    fn birth_claimed_at(&self, now_ms: u64) -> Birth {
+        Birth {
+            started_ms: now_ms,
+            ..self.birth.clone()
+        }
+    }
 }
 
 /// What a claim did with the entries just read.
@@ -699,10 +708,7 @@ fn birth_task(queue: &str, read: &ReadEntry, now_ms: u64) -> Result<ClaimedTask>
             queue_wait_ms: now_ms.saturating_sub(parts.0),
             deliveries: 1,
             fence: birth_fence(parts),
-            birth: Some(Birth {
-                started_ms: now_ms,
-                ..read.birth.clone()
-            }),
+            birth: Some(read.birth_claimed_at(now_ms)),
         },
     )
 }
@@ -773,10 +779,7 @@ fn claimed_from_row(
         if let Some(read) = read {
             spec = read.spec.clone().unwrap_or_default();
             max_attempts = read.max_attempts.clone().unwrap_or_default();
-            birth = Some(Birth {
-                started_ms: now_ms,
-                ..read.birth.clone()
-            });
+            birth = Some(read.birth_claimed_at(now_ms));
         }
     }
     let queue_wait_ms: u64 = redis::from_redis_value(next())?;

@@ -95,7 +95,7 @@ pub(crate) const PACKED: &str = "@fin";
 const PACKED_VERSION: u8 = b'1';
 
 /// The bucket second of an entry-named task: its birth time in whole seconds (the entry id's
-/// ms part / 1000). `fin_bucket` in common.lua computes the same from the id's text.
+/// ms part / 1000). `finished_value` in common.lua computes the same from the id's text.
 pub(crate) fn bucket_second(entry_ms: u64) -> u64 {
     entry_ms / 1000
 }
@@ -191,9 +191,9 @@ pub(crate) fn unpack_finished(
         return Err(format!("{} fields of at least 8", parts.len()));
     }
     let part = |i: usize| parts.get(i).copied().unwrap_or_default();
-    let created = local.split_once('-').map_or("", |(ms, _)| ms);
-    let created = created.trim_start_matches('0');
-    let created = if created.is_empty() { "0" } else { created };
+    let created = crate::task::stream_id_parts(local)
+        .map(|(ms, _)| ms.to_string())
+        .ok_or("not named by a stream entry")?;
     let ttl_ms: u64 = std::str::from_utf8(part(4))
         .ok()
         .and_then(|t| t.parse().ok())
