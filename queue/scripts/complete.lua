@@ -7,7 +7,8 @@
 --   its result ttl (ms) (all three empty otherwise); then kind (ok | retry | fail | cancel),
 --   result or error, retry delay (ms).
 -- An outcome is written only if the task is still RUNNING under that token: a late outcome
--- from an executor that lost its lease is rejected. A fast-path success gets no record: its
+-- from an executor that lost its lease is rejected. (A record-less task is RUNNING while its
+-- entry is pending: see the fast path's fence below.) A fast-path success gets no record: its
 -- packed record (`<ftime>,` .. packed .. result) becomes a field of its birth second's
 -- finished bucket (FIN), one HSET per bucket per batch. Returns one character per outcome, in
 -- order (a string: a table of numbers costs more to send back): '1' written, '0' rejected,
@@ -26,7 +27,8 @@ local succeeded, failed = 0, 0
 -- removal from the stream (below), one ZADD into DONE (scored by when each expires) and one
 -- trim of it up to now, and for fast-path successes one HSET and one PEXPIRE per finished
 -- bucket; a success of a task with a record costs an HMGET, an HSET and a PEXPIRE of its own.
-local ok_entries, ok_done = {}, {}
+-- ok_entries: entries still to acknowledge; removed: every entry acknowledged, to remove.
+local ok_entries, ok_done, removed = {}, {}, {}
 -- Birth second -> the finished bucket's field/value list, and the longest TTL among them.
 local fin_fields, fin_ttl = {}, {}
 -- Runs `command key [prefix...] values...` in slices, so a large batch never exceeds Lua's
@@ -93,63 +95,91 @@ end
 -- Books a success in the batch-wide commands below (one XACK of the entries, their removal,
 -- one ZADD into DONE, scored by when it expires, and one trim of DONE up to now) and the
 -- counts.
-local function succeeded_one(id, entry, ttl)
+local function succeeded_one(id, entry, ttl, acknowledged)
   out[#out + 1] = '1'
-  if entry and entry ~= '' then ok_entries[#ok_entries + 1] = entry end
+  if entry and entry ~= '' then
+    if not acknowledged then ok_entries[#ok_entries + 1] = entry end
+    removed[#removed + 1] = entry
+  end
   ok_done[#ok_done + 1] = expiry(ttl)
   ok_done[#ok_done + 1] = id
   notify(id, S_SUCCEEDED)
   succeeded = succeeded + 1
 end
--- This executor's pending entries among the entry-named tasks of the batch (the fast path's
--- fence check: the entry must still be pending to this executor), in one XPENDING over the
--- range the executor worked out.
-local mine = {}
-if lowest_entry ~= '' then
-  local ok, rows = pcall(redis.call, 'XPENDING', STREAM, GROUP, lowest_entry, highest_entry,
-    100000, executor)
-  if ok then
-    for _, p in ipairs(rows) do mine[p[1]] = p end
+-- The fast path's candidates: successes of birth tasks the executor claimed without a record
+-- (it packed their finished record), minus those that got a record since (a reclaim, release,
+-- cancel or retry materializes one: they take the record path below, fenced by its token).
+-- One EXISTS tells for all of them; the common answer is none.
+local fast_ids = {}
+for i = FIRST, #ARGV, 8 do
+  if ARGV[i + 2] ~= '' and ARGV[i + 5] == 'ok' then fast_ids[#fast_ids + 1] = ARGV[i] end
+end
+if #fast_ids > 0 then
+  local keys = {}
+  for _, id in ipairs(fast_ids) do keys[#keys + 1] = record_key(id) end
+  if existing(keys) > 0 then
+    local still = {}
+    for _, id in ipairs(fast_ids) do
+      if redis.call('EXISTS', record_key(id)) == 0 then still[#still + 1] = id end
+    end
+    fast_ids = still
   end
 end
--- Whether any of those has a record: one EXISTS for all of them. The common answer is none (a
--- birth task that nothing else happened to), and then they need no HMGET each.
-local mine_recorded = false
-if next(mine) ~= nil then
-  local keys = {}
-  for i = FIRST, #ARGV, 8 do
-    if mine[ARGV[i]] then keys[#keys + 1] = record_key(ARGV[i]) end
+-- The fence of a record-less task is its entry's place in the pending list: every other way a
+-- birth task can be attempted gives it a record first, so while its entry is pending, this
+-- attempt holds it. Their entries are acknowledged first, in one XACK, whose count is the
+-- check: all of them pending (the common case), each success is taken; none, each is a
+-- retried write already in its bucket ('2') or rejected ('0'). A mixed count happens only
+-- once the consumer group was lost or rewound and some entries went to another executor;
+-- then each not yet in its bucket is taken (its attempt ran; the entry was pending). An
+-- XPENDING of the rows instead costs about 10 k instructions a task, for the reply alone.
+local fast, acked_fast = {}, 0
+for _, id in ipairs(fast_ids) do fast[id] = true end
+for i = 1, #fast_ids, 1000 do
+  acked_fast = acked_fast + redis.call('XACK', STREAM, GROUP,
+    unpack(fast_ids, i, math.min(i + 999, #fast_ids)))
+end
+-- This executor's pending entries among the entry-named tasks of the batch, for outcomes of
+-- birth tasks other than a fast-path success (a failure materializes the record first): one
+-- XPENDING over the range the executor worked out, read only when one is needed.
+local mine = nil
+local function pending_to_me(id)
+  if not mine then
+    mine = {}
+    if lowest_entry ~= '' then
+      local ok, rows = pcall(redis.call, 'XPENDING', STREAM, GROUP, lowest_entry,
+        highest_entry, 100000, executor)
+      if ok then
+        for _, p in ipairs(rows) do mine[p[1]] = p end
+      end
+    end
   end
-  mine_recorded = existing(keys) > 0
+  return mine[id]
 end
 local FIELDS = {'state', 'f', 'entry', 'max', 'cancel', 'exec', 'ttl', 'err', 'of', 'att'}
 for i = FIRST, #ARGV, 8 do
   local id, fence, packed = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local kind, body, delay = ARGV[i + 5], ARGV[i + 6], tonumber(ARGV[i + 7]) or 0
   local key = record_key(id)
-  local p = mine[id]
-  local r
-  if p and not mine_recorded then
-    r = {}
+  local r = {}
+  local taken = false
+  if fast[id] then
+    if acked_fast == #fast_ids then
+      taken = true
+    elseif acked_fast > 0 and not finished_value(id) then
+      taken = true
+    end
   else
     r = redis.call('HMGET', key, unpack(FIELDS))
-  end
-  -- A birth entry's task (the fast path) has no record until now. Its attempt still holds it
-  -- when the entry is pending to this executor: the pending row is the fence. (Any other
-  -- attempt of the task would have given it a record: a reclaim, a release or a retry
-  -- materializes one, and records of unfinished tasks never expire. So a success is taken
-  -- without recomputing the birth token, ~10 k instructions a task in Lua; the token the
-  -- executor sends is kept as the outcome's, and other outcomes still check it.)
-  local fast = false
-  if not r[1] and p then
-    if kind == 'ok' and packed ~= '' then
-      fast = true
-    elseif (birth_fence(id)) == fence and materialize(id, now, nil, false) then
+    -- Any other outcome of a birth task without a record (a failure): its record is written
+    -- first, RUNNING under the birth token, when its entry is still pending to this executor.
+    if not r[1] and pending_to_me(id) and (birth_fence(id)) == fence and
+        materialize(id, now, nil, false) then
       r = redis.call('HMGET', key, unpack(FIELDS))
     end
   end
   local attempt = r[10]
-  if fast then
+  if taken then
     -- Succeeded at its first attempt: its one record, packed into its finished bucket.
     local second, ttl_text = ARGV[i + 3], ARGV[i + 4]
     local ttl = ttl_ms(ttl_text)
@@ -163,7 +193,11 @@ for i = FIRST, #ARGV, 8 do
     end
     fields[#fields + 1] = id
     fields[#fields + 1] = now_s .. ',' .. packed .. body
-    succeeded_one(id, id, ttl_text)
+    succeeded_one(id, id, ttl_text, true)
+  elseif fast[id] then
+    -- Its entry was not pending: already in its bucket with this very outcome (a retried
+    -- write whose first answer was lost), or the attempt lost its task.
+    if finished_as(id, packed .. body) then out[#out + 1] = '2' else out[#out + 1] = '0' end
   elseif r[9] == fence and r[6] == executor then
     out[#out + 1] = '2'
   elseif not r[1] and packed ~= '' and finished_as(id, packed .. body) then
@@ -218,7 +252,7 @@ for second, fields in pairs(fin_fields) do
 end
 if #ok_done > 0 then
   call_in_slices('XACK', STREAM, GROUP, ok_entries, 1000)
-  remove_acknowledged(ok_entries)
+  remove_acknowledged(removed)
   call_in_slices('ZADD', DONE, nil, ok_done, 1000)
   redis.call('ZREMRANGEBYSCORE', DONE, '-inf', now)
 end

@@ -1091,6 +1091,133 @@ async fn birth_tokens_agree_between_executor_and_scripts() -> anyhow::Result<()>
     Ok(())
 }
 
+/// A record-less task's outcome is fenced by its entry being pending (the complete script's
+/// one XACK counts them), not by a row read per task. Attacked where that fence is thinnest:
+/// the consumer group is destroyed and recreated while executor A runs a batch of birth tasks,
+/// so executor B is handed the same entries again, with the same birth tokens and still no
+/// record. Whichever finishes first is recorded, the other is refused: one outcome per task in
+/// either order, never an overwrite, and each refused write stays refused when retried. A
+/// different outcome under a recorded task's token is refused too.
+#[tokio::test]
+async fn a_regrouped_birth_task_records_exactly_one_outcome() -> anyhow::Result<()> {
+    use tarefa_queue::{ClaimedTask, Completion, Outcome, Written};
+    let h = Harness::builder().executors(0).start().await?;
+    let broker =
+        tarefa_queue::Broker::new(tarefa_queue::BrokerConfig::new(h.redis.url().as_str()))?;
+    let stream = "tarefa:{regroup}:stream";
+    let completions = |tasks: &[ClaimedTask], result: &[u8]| -> Vec<Completion> {
+        tasks
+            .iter()
+            .map(|task| Completion {
+                id: task.id.clone(),
+                fence: task.fence,
+                spec: task.spec.clone(),
+                max_attempts: task.max_attempts,
+                birth: task.birth.clone(),
+                outcome: Outcome::Succeeded(result.to_vec()),
+            })
+            .collect()
+    };
+    for a_first in [true, false] {
+        let submitted = h
+            .client
+            .submit_many(
+                (0..6).map(|i| Echo(serde_json::json!(i))),
+                &SubmitOptions::queue("regroup"),
+            )
+            .await?;
+        broker.ensure_group("regroup").await?;
+        let mut reader = broker.reader(Duration::from_millis(100))?;
+        let read_a = reader.read("regroup", "executor-a", 100).await?;
+        let claimed_a = broker.claim("regroup", "executor-a", 5, &read_a).await?;
+        assert_eq!(
+            claimed_a.tasks.len(),
+            submitted.len(),
+            "{:?}",
+            claimed_a.tasks
+        );
+        assert!(
+            claimed_a.tasks.iter().all(|t| t.birth.is_some()),
+            "born in the stream"
+        );
+        // The group is lost and made again from the stream's start: B gets the same entries.
+        let _: i64 = redis::cmd("XGROUP")
+            .arg("DESTROY")
+            .arg(stream)
+            .arg("executors")
+            .query(&mut h.redis.connection())?;
+        broker.ensure_group("regroup").await?;
+        let read_b = reader.read("regroup", "executor-b", 100).await?;
+        let claimed_b = broker.claim("regroup", "executor-b", 5, &read_b).await?;
+        let mine: Vec<_> = claimed_b
+            .tasks
+            .iter()
+            .filter(|t| claimed_a.tasks.iter().any(|a| a.id == t.id))
+            .cloned()
+            .collect();
+        assert_eq!(mine.len(), submitted.len(), "B is handed A's tasks again");
+        let (a, b) = (
+            completions(&claimed_a.tasks, b"\"a\""),
+            completions(&mine, b"\"b\""),
+        );
+        let (first, second, winner) = if a_first {
+            (("executor-a", &a), ("executor-b", &b), b"\"a\"".as_slice())
+        } else {
+            (("executor-b", &b), ("executor-a", &a), b"\"b\"".as_slice())
+        };
+        let written = broker
+            .complete(first.0, &first.1.iter().collect::<Vec<_>>())
+            .await;
+        assert!(
+            written.iter().all(|w| matches!(w, Ok(Written::Recorded))),
+            "the first to finish is recorded: {written:?}"
+        );
+        for _ in 0..2 {
+            let late = broker
+                .complete(second.0, &second.1.iter().collect::<Vec<_>>())
+                .await;
+            assert!(
+                late.iter().all(|w| matches!(w, Ok(Written::Fenced))),
+                "the other attempt is refused (a_first: {a_first}): {late:?}"
+            );
+        }
+        // The winner's token with another result: not a retry of the recorded write.
+        let changed = completions(
+            if a_first { &claimed_a.tasks } else { &mine },
+            b"\"changed\"",
+        );
+        let refused = broker
+            .complete(first.0, &changed.iter().collect::<Vec<_>>())
+            .await;
+        assert!(
+            refused.iter().all(|w| matches!(w, Ok(Written::Fenced))),
+            "{refused:?}"
+        );
+        for handle in &submitted {
+            let task = h.client.get(handle.id()).await?;
+            assert_eq!(task.state(), TaskState::Succeeded, "{}", handle.id());
+            assert_eq!(
+                task.result,
+                winner,
+                "{}: one outcome, never overwritten",
+                handle.id()
+            );
+            assert_eq!(task.executor_id, first.0, "{}", handle.id());
+        }
+        let stats = h.client.list_queues().await?;
+        let regroup = stats
+            .iter()
+            .find(|q| q.name == "regroup")
+            .expect("the queue");
+        assert_eq!(
+            regroup.succeeded_total,
+            if a_first { 6 } else { 12 },
+            "each task counted once"
+        );
+    }
+    Ok(())
+}
+
 /// Submits an `Echo` of `label` until the scheduler's answer names the task as wanted: by its
 /// stream entry (`born`: born in the stream) or by a ULID (given a record). Returns its id.
 async fn submit_until_named(
