@@ -86,11 +86,22 @@ def free_port():
         return s.getsockname()[1]
 
 
-def script(r, name):
-    with open(os.path.join(SCRIPTS, "common.lua")) as common, \
-            open(os.path.join(SCRIPTS, name)) as body:
-        prelude, text = common.read(), body.read()
-    return r.register_script(prelude + "\n" + text)
+def function_library(r):
+    """Loads the scripts as queue/src/scripts.rs does: one library, common.lua then one
+    function per script, which binds the queue's keys first. Returns a caller by name."""
+    with open(os.path.join(SCRIPTS, "common.lua")) as common:
+        source = "#!lua name=tarefa_cost\n" + common.read() + "\n"
+    for name in ("claim", "complete"):
+        with open(os.path.join(SCRIPTS, name + ".lua")) as body:
+            source += (f"redis.register_function{{function_name = 'tarefa_cost_{name}', "
+                       "flags = {'allow-oom'}, callback = function(KEYS, ARGV)\nbind(KEYS)\n"
+                       + body.read() + "\nend}\n")
+    r.execute_command("FUNCTION", "LOAD", source)
+
+    def call(name):
+        return lambda keys, args: r.execute_command(
+            "FCALL", f"tarefa_cost_{name}", len(keys), *keys, *args)
+    return call
 
 
 RESULT = b"null"
@@ -117,8 +128,9 @@ def finished(executor, fence, started, max_attempts, ttl, result):
 
 
 def run_current(r, tasks, batch):
-    claim, complete = (script(r, n) for n in ("claim.lua", "complete.lua"))
-    done = 0
+    function = function_library(r)
+    claim, complete = function("claim"), function("complete")
+    done = untrimmed = 0
     while done < tasks:
         # Tasks due now without an idempotency key go in as plain XADDs, pipelined (the
         # queue crate's submit_plain, in MULTI/EXEC); submit.lua writes the others.
@@ -140,7 +152,13 @@ def run_current(r, tasks, batch):
             # The executor's own arithmetic (queue/src/consumer.rs, birth_fence).
             fences = [int(e.split(b"-")[0]) * 1000 + min(int(e.split(b"-")[1]), 999)
                       for e in births]
-            outcome_args = [7 * DAY_MS, "e1", births[0], births[-1]]
+            # The executor asks for a trim of the stream every 64 outcomes (consumer.rs,
+            # TRIM_EVERY).
+            untrimmed += len(births)
+            trim = 1 if untrimmed >= 64 else 0
+            if trim:
+                untrimmed = 0
+            outcome_args = [7 * DAY_MS, "e1", births[0], births[-1], trim]
             for entry, fence in zip(births, fences):
                 # id, fencing token, the packed finished record (queue/src/record.rs,
                 # Finished::pack), birth second, result ttl, outcome

@@ -46,7 +46,12 @@ local function each_entry(visit)
   for i = first_pair, #ARGV, 2 do visit(ARGV[i], ARGV[i + 1]) end
 end
 
-if redis.call('EXISTS', PAUSED) == 1 then
+-- One EXISTS of the pause flag and the birth entries' records tells, in the common case (0),
+-- that the queue is not paused and no birth entry has a record.
+local flag_and_records = {PAUSED}
+for i = 5, 4 + births do flag_and_records[#flag_and_records + 1] = record_key(ARGV[i]) end
+local found = existing(flag_and_records)
+if found > 0 and redis.call('EXISTS', PAUSED) == 1 then
   each_entry(function(entry, id)
     local key = record_key(id)
     if id == entry and redis.call('EXISTS', key) == 0 then materialize(id, now, nil, true) end
@@ -80,13 +85,11 @@ local function any_finished()
   return false
 end
 
--- The fast path: when none of the birth entries has a record or a finished one, all of them
--- are claimed by the read itself; one EXISTS and one HMGET tell.
+-- The fast path: when none of the birth entries has a record (the EXISTS above) or a finished
+-- one (one HMGET per birth second), all of them are claimed by the read itself.
 local births_claimed = 0
 if births > 0 then
-  local keys = {}
-  for i = 5, 4 + births do keys[#keys + 1] = record_key(ARGV[i]) end
-  if existing(keys) == 0 and not any_finished() then
+  if found == 0 and not any_finished() then
     births_claimed = 1
     for i = 5, 4 + births do changed[#changed + 1] = ARGV[i] end
   end

@@ -1,24 +1,38 @@
--- Shared prelude of every Tarefa script (prepended by the queue crate at build time).
--- KEYS[1] is the queue's key prefix, e.g. "tarefa:{default}:". Every key a script touches is
--- built from it, so all of them share the queue's hash tag and live in one cluster slot.
-local base = KEYS[1]
-local STREAM = base .. 'stream'
+-- Shared part of Tarefa's function library (queue/src/scripts.rs puts it before the scripts,
+-- each of which becomes one function). It is run once, when Redis loads the library: its
+-- helpers are made once, not on every call. KEYS[1] of every call is the queue's key prefix,
+-- e.g. "tarefa:{default}:"; bind() names the queue's keys from it at the start of each call.
+-- Every key a script touches is built from it, so all of them share the queue's hash tag and
+-- live in one cluster slot.
+local base, STREAM, SCHEDULED, RETRYING, DEAD, DONE, STATS, EXECUTORS
 local GROUP = 'executors'
-local SCHEDULED = base .. 'scheduled'
-local RETRYING = base .. 'retrying'
-local DEAD = base .. 'dead'
-local DONE = base .. 'done'
-local STATS = base .. 'stats'
-local EXECUTORS = base .. 'executors'
--- Executor -> the task layout it reads ('2': birth entries), written by its heartbeat. An
--- executor of an earlier version has no field here (see queue/src/submit.rs).
-local LAYOUTS = base .. 'layouts'
-local PAUSED = base .. 'paused'
--- Consumer -> lease (ms) it holds its tasks under: reclaim judges a holder by its own terms.
-local LEASES = base .. 'leases'
--- The serving clock: 'tick' (the last time a lease script ran) and 'up' (when the current
--- serving period began). See serving_since().
-local CLOCK = base .. 'clock'
+-- LAYOUTS: executor -> the task layout it reads ('2': birth entries), written by its
+-- heartbeat. An executor of an earlier version has no field here (see queue/src/submit.rs).
+-- LEASES: consumer -> lease (ms) it holds its tasks under: reclaim judges a holder by its own
+-- terms. CLOCK, the serving clock: 'tick' (the last time a lease script ran) and 'up' (when
+-- the current serving period began). See serving_since().
+local LAYOUTS, PAUSED, LEASES, CLOCK
+-- What one call keeps: the tasks whose state it changed (see notify) and the clock its new
+-- fencing tokens start from (see next_fence). bind() clears both.
+local changed, fence_clock_us
+-- Key prefix -> the queue's key names, made once per queue.
+local key_names = {}
+
+-- Names the keys of this call's queue and clears what the previous call kept.
+local function bind(keys)
+  base = keys[1]
+  local k = key_names[base]
+  if not k then
+    k = {base .. 'stream', base .. 'scheduled', base .. 'retrying', base .. 'dead',
+      base .. 'done', base .. 'stats', base .. 'executors', base .. 'layouts', base .. 'paused',
+      base .. 'leases', base .. 'clock'}
+    key_names[base] = k
+  end
+  STREAM, SCHEDULED, RETRYING, DEAD, DONE, STATS, EXECUTORS = k[1], k[2], k[3], k[4], k[5],
+    k[6], k[7]
+  LAYOUTS, PAUSED, LEASES, CLOCK = k[8], k[9], k[10], k[11]
+  changed, fence_clock_us = {}, nil
+end
 
 -- Task states, numbered as in tarefa.v1.TaskState.
 local S_SCHEDULED, S_QUEUED, S_RUNNING, S_SUCCEEDED = '1', '2', '3', '4'
@@ -37,7 +51,6 @@ end
 -- microseconds, so one issued after the restore exceeds those issued before it).
 -- Redis's clock is read once per script call (a batch of claims shares it: tokens need only be
 -- unique per task).
-local fence_clock_us = nil
 local function next_fence(previous)
   if not fence_clock_us then
     local t = redis.call('TIME')
@@ -124,7 +137,6 @@ end
 -- Task ids changed by this script call, announced to watchers (WatchTask) by one PUBLISH on
 -- the queue's events channel when the script ends (`flush_notifications`): one message per
 -- call, not per task, so batches stay cheap.
-local changed = {}
 local function notify(id, state)
   changed[#changed + 1] = id
 end

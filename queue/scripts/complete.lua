@@ -1,6 +1,8 @@
 -- Records the outcomes of a batch of attempts and acknowledges their entries.
 -- ARGV: dead ttl (ms), executor id, the smallest and the largest outcome id that is a stream
--- entry id (both empty when none is), then 8 values per outcome:
+-- entry id (both empty when none is), trim (1: also trim acknowledged entries off the stream,
+-- see remove_acknowledged; the executor asks every so many outcomes, and once idle with no
+-- outcome at all), then 8 values per outcome:
 --   id, fencing token (the claim's `f`), then, for the success of a task claimed without a
 --   record (the fast path), its finished record packed by the executor (queue/src/record.rs,
 --   `Finished`: all of it but the finish time and the result's bytes), its birth second and
@@ -13,19 +15,22 @@
 -- finished bucket (FIN), one HSET per bucket per batch. Returns one character per outcome, in
 -- order (a string: a table of numbers costs more to send back): '1' written, '0' rejected,
 -- 'd' the task's record is damaged, '2' this very outcome had already been recorded (`of`,
--- the token of the recorded outcome, matches: a retried write whose first answer was lost).
+-- the token of the recorded outcome, matches: a retried write whose first answer was lost);
+-- then an 'x' when a trim found acknowledged entries piling up behind a long task (they are
+-- deleted one by one, so the executor trims on every call until they no longer do).
 local dead_ttl = tonumber(ARGV[1])
 local executor = ARGV[2]
 local lowest_entry, highest_entry = ARGV[3], ARGV[4]
-local FIRST = 5
+local trim = ARGV[5] == '1'
+local FIRST = 6
 local now = now_ms()
 local now_s = tostring(now)
 local out = {}
 local succeeded, failed = 0, 0
 -- Successes, the common case, share batch-wide commands: one XACK of their entries (which
 -- also ends their leases: a lease is the entry's place in the group's pending list), their
--- removal from the stream (below), one ZADD into DONE (scored by when each expires) and one
--- trim of it up to now, and for fast-path successes one HSET and one PEXPIRE per finished
+-- removal from the stream (below), one ZADD into DONE (scored by when each expires; trimmed
+-- up to now with the stream), and for fast-path successes one HSET and one PEXPIRE per finished
 -- bucket; a success of a task with a record costs an HMGET, an HSET and a PEXPIRE of its own.
 -- ok_entries: entries still to acknowledge; removed: every entry acknowledged, to remove.
 local ok_entries, ok_done, removed = {}, {}, {}
@@ -49,7 +54,8 @@ end
 -- so XTRIM MINID to that point removes finished entries only (whole nodes, with `~`). A long
 -- task pins that point: once more than RESIDUE_MAX acknowledged entries would stay behind it,
 -- or when the group's lag is unknown (so acknowledged entries could not be told from waiting
--- ones), the batch is deleted entry by entry instead.
+-- ones), the batch is deleted entry by entry instead, and the answer says so (true). Entries
+-- acknowledged by calls that did not trim stay behind that point until it moves.
 local RESIDUE_MAX = 10000
 local function remove_acknowledged(entries)
   local info = group_info()
@@ -67,10 +73,11 @@ local function remove_acknowledged(entries)
         floor = ms .. '-' .. string.format('%d', tonumber(seq) + 1)
       end
       redis.call('XTRIM', STREAM, 'MINID', '~', floor)
-      return
+      return false
     end
   end
   call_in_slices('XDEL', STREAM, nil, entries, 1000)
+  return true
 end
 -- A result TTL (as stored: a string) as a number, and the time it runs out (a string, for
 -- DONE's score), each worked out once per distinct TTL in the call: a batch's tasks mostly
@@ -93,7 +100,7 @@ local function expiry(ttl)
   return e
 end
 -- Books a success in the batch-wide commands below (one XACK of the entries, their removal,
--- one ZADD into DONE, scored by when it expires, and one trim of DONE up to now) and the
+-- one ZADD into DONE, scored by when it expires) and the
 -- counts.
 local function succeeded_one(id, entry, ttl, acknowledged)
   out[#out + 1] = '1'
@@ -252,11 +259,13 @@ for second, fields in pairs(fin_fields) do
 end
 if #ok_done > 0 then
   call_in_slices('XACK', STREAM, GROUP, ok_entries, 1000)
-  remove_acknowledged(removed)
   call_in_slices('ZADD', DONE, nil, ok_done, 1000)
-  redis.call('ZREMRANGEBYSCORE', DONE, '-inf', now)
 end
+-- DONE is trimmed up to now with the stream (readers skip a member whose task is gone).
+if trim then redis.call('ZREMRANGEBYSCORE', DONE, '-inf', now) end
 if succeeded > 0 then count('succeeded', succeeded, now) end
 if failed > 0 then count('failed', failed, now) end
+local piling = trim and remove_acknowledged(removed)
 flush_notifications()
+if piling then out[#out + 1] = 'x' end
 return table.concat(out)

@@ -201,7 +201,11 @@ impl Broker {
             .ok_or_else(|| Error::NotFound(id.to_string()))
     }
 
-    async fn run_on_task(&self, script: &redis::Script, id: &TaskId) -> Result<TaskState> {
+    async fn run_on_task(
+        &self,
+        script: &crate::scripts::Function,
+        id: &TaskId,
+    ) -> Result<TaskState> {
         let mut con = self.con.clone();
         let mut invocation = script.key(self.keys.queue_prefix(id.queue()));
         invocation.arg(id.local());

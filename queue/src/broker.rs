@@ -101,6 +101,9 @@ pub struct Broker {
     /// Per queue: when it was last checked for executors of an earlier version, and whether
     /// birth entries were safe then (see `birth_entries_safe`).
     pub(crate) layout_checks: Arc<Mutex<HashMap<String, (Instant, bool)>>>,
+    /// Per queue: outcomes written since this process last trimmed its stream (see
+    /// `Broker::complete`).
+    pub(crate) untrimmed: Arc<Mutex<HashMap<String, crate::consumer::Untrimmed>>>,
 }
 
 impl std::fmt::Debug for Broker {
@@ -143,6 +146,7 @@ impl Broker {
             config,
             known_queues: Arc::default(),
             layout_checks: Arc::default(),
+            untrimmed: Arc::default(),
         })
     }
 

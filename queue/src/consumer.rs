@@ -243,10 +243,77 @@ impl Broker {
         })
     }
 
+    /// Whether this call of `complete.lua` for `queue`, writing `outcomes`, also trims the
+    /// acknowledged entries off the queue's stream: once [`TRIM_EVERY`] outcomes were written
+    /// since the last trim, or on every call while they pile up behind a long task.
+    fn trim_due(&self, queue: &str, outcomes: usize) -> bool {
+        let Ok(untrimmed) = self.untrimmed.lock() else {
+            return true;
+        };
+        untrimmed
+            .get(queue)
+            .is_some_and(|u| u.piling || u.outcomes.saturating_add(outcomes) >= TRIM_EVERY)
+            || outcomes >= TRIM_EVERY
+    }
+
+    /// Books a written call of `complete.lua` for `queue`.
+    fn book_trim(&self, queue: &str, trimmed: bool, outcomes: usize, piling: bool) {
+        if let Ok(mut untrimmed) = self.untrimmed.lock() {
+            let u = untrimmed.entry(queue.to_owned()).or_default();
+            if trimmed {
+                *u = Untrimmed {
+                    outcomes: 0,
+                    piling,
+                };
+            } else {
+                u.outcomes = u.outcomes.saturating_add(outcomes);
+            }
+        }
+    }
+
+    /// Whether some queue's stream still holds entries this process acknowledged and did not
+    /// trim: the executor's writer calls [`Broker::trim_finished`] once it is idle.
+    pub fn has_untrimmed(&self) -> bool {
+        self.untrimmed
+            .lock()
+            .is_ok_and(|untrimmed| untrimmed.values().any(|u| u.outcomes > 0 || u.piling))
+    }
+
+    /// Trims every queue stream this process acknowledged entries of since its last trim, so
+    /// a queue at rest keeps no finished entry. Errors are left for the next call.
+    pub async fn trim_finished(&self, executor_id: &str) -> Result<()> {
+        let queues: Vec<String> = match self.untrimmed.lock() {
+            Ok(untrimmed) => untrimmed
+                .iter()
+                .filter(|(_, u)| u.outcomes > 0 || u.piling)
+                .map(|(queue, _)| queue.clone())
+                .collect(),
+            Err(_) => return Ok(()),
+        };
+        for queue in queues {
+            let mut invocation = self.scripts.complete.key(self.keys.queue_prefix(&queue));
+            invocation
+                .arg(self.config.dead_ttl.as_millis() as u64)
+                .arg(executor_id)
+                .arg("")
+                .arg("")
+                .arg(1);
+            let mut con = self.con.clone();
+            let reply: Vec<u8> = self.timed(invocation.invoke_async(&mut con)).await?;
+            self.book_trim(&queue, true, 0, reply == b"x");
+        }
+        Ok(())
+    }
+
     /// Writes the outcomes of `executor_id`'s attempts (any mix of queues), one script call per
     /// queue. Answers, in order, what became of each: a queue's call failing does not hold up
     /// the others' (each outcome carries its own `Result`). Safe to retry after a timeout: an
     /// outcome already recorded under the same token counts as recorded.
+    ///
+    /// Acknowledged entries leave the stream by a trim that costs a call several times a
+    /// task's share of it, so a call trims only every [`TRIM_EVERY`] outcomes of its queue (and
+    /// [`Broker::trim_finished`] once the executor is idle); readers already tell finished
+    /// entries apart.
     pub async fn complete(
         &self,
         executor_id: &str,
@@ -273,11 +340,13 @@ impl Broker {
                 lowest.map_or("", |(_, l)| l),
                 highest.map_or("", |(_, l)| l),
             );
+            let trim = self.trim_due(queue, indexes.len());
             invocation
                 .arg(self.config.dead_ttl.as_millis() as u64)
                 .arg(executor_id)
                 .arg(lowest)
-                .arg(highest);
+                .arg(highest)
+                .arg(u8::from(trim));
             for &index in &indexes {
                 let completion = completions[index];
                 invocation.arg(completion.id.local()).arg(completion.fence);
@@ -321,6 +390,17 @@ impl Broker {
             }
             let mut con = self.con.clone();
             let reply: Result<Vec<u8>> = self.timed(invocation.invoke_async(&mut con)).await;
+            let reply = reply.map(|mut flags| {
+                // A trailing 'x': acknowledged entries pile up behind a long task.
+                let piling = flags.len() == indexes.len() + 1 && flags.last() == Some(&b'x');
+                if piling {
+                    flags.pop();
+                }
+                if flags.len() == indexes.len() {
+                    self.book_trim(queue, trim, indexes.len(), piling);
+                }
+                flags
+            });
             match reply {
                 Ok(flags) if flags.len() == indexes.len() => {
                     for (&index, flag) in indexes.iter().zip(flags) {
@@ -646,6 +726,20 @@ fn parse_read_reply(reply: Value) -> Result<Vec<ReadEntry>> {
         }
     }
     Ok(out)
+}
+
+/// Outcomes of a queue written between two trims of its stream by one process (see
+/// [`Broker::complete`]): a trim costs `complete.lua` about 45 k of Redis's instructions (the
+/// group's counters and oldest pending entry), several times a task's share of a call.
+pub(crate) const TRIM_EVERY: usize = 64;
+
+/// A queue's outcomes written since this process last trimmed its stream.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Untrimmed {
+    outcomes: usize,
+    /// The last trim found acknowledged entries piling up behind a long task (they are then
+    /// deleted one by one): every call trims until they no longer do.
+    piling: bool,
 }
 
 /// What became of one outcome handed to [`Broker::complete`].

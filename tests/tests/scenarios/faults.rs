@@ -805,6 +805,60 @@ async fn services_warn_at_start_when_redis_keeps_no_append_only_file() -> anyhow
     Ok(())
 }
 
+/// The scripts are one Redis function library, loaded by the services themselves. Attacked by
+/// an operator's `FUNCTION FLUSH` while work flows (Redis keeps functions across restarts, so
+/// only a flush or a new Redis loses them): the next call of each process loads the library
+/// again and nothing is refused or lost; there is one library, named by its version's hash.
+#[tokio::test]
+async fn a_flushed_function_library_is_loaded_again() -> anyhow::Result<()> {
+    let h = Harness::builder().executors(1).start().await?;
+    let libraries = || -> anyhow::Result<Vec<String>> {
+        let listed: Vec<Vec<redis::Value>> = redis::cmd("FUNCTION")
+            .arg("LIST")
+            .query(&mut h.redis.connection())?;
+        Ok(listed
+            .iter()
+            .filter_map(|library| match library.get(1) {
+                Some(redis::Value::BulkString(name)) => {
+                    Some(String::from_utf8_lossy(name).into_owned())
+                }
+                _ => None,
+            })
+            .collect())
+    };
+    let before = h.client.submit(Echo(serde_json::json!("before"))).await?;
+    let task = h.wait_final(before.id(), Duration::from_secs(20)).await;
+    assert_eq!(task.state(), TaskState::Succeeded);
+    let loaded = libraries()?;
+    assert!(
+        matches!(loaded.as_slice(), [name] if name.starts_with("tarefa_") && name.len() == 19),
+        "{loaded:?}"
+    );
+    for round in 0..3 {
+        let _: String = redis::cmd("FUNCTION")
+            .arg("FLUSH")
+            .query(&mut h.redis.connection())?;
+        let handles = h
+            .client
+            .submit_many(
+                (0..20).map(|i| Echo(serde_json::json!(i))),
+                &SubmitOptions::default(),
+            )
+            .await?;
+        for handle in &handles {
+            let task = h.wait_final(handle.id(), Duration::from_secs(20)).await;
+            assert_eq!(
+                task.state(),
+                TaskState::Succeeded,
+                "round {round}: {:?}",
+                task.errors
+            );
+        }
+        assert_eq!(libraries()?, loaded, "round {round}");
+    }
+    Ok(())
+}
+
 /// Suspected: the scheduler's first calls after Redis restarted failed with UNAVAILABLE ("broken
 /// pipe") although Redis was back. A command that never left for a dead connection is sent
 /// again on the new one.
