@@ -31,7 +31,8 @@ local succeeded, failed = 0, 0
 -- also ends their leases: a lease is the entry's place in the group's pending list), their
 -- removal from the stream (below), one ZADD into DONE (scored by when each expires; trimmed
 -- up to now with the stream), and for fast-path successes one HSET and one PEXPIRE per finished
--- bucket; a success of a task with a record costs an HMGET, an HSET and a PEXPIRE of its own.
+-- bucket, which DONE lists as one member; a success of a task with a record costs an HMGET, an
+-- HSET and a PEXPIRE of its own.
 -- ok_entries: entries still to acknowledge; removed: every entry acknowledged, to remove.
 local ok_entries, ok_done, removed = {}, {}, {}
 -- Birth second -> the finished bucket's field/value list, and the longest TTL among them.
@@ -100,16 +101,18 @@ local function expiry(ttl)
   return e
 end
 -- Books a success in the batch-wide commands below (one XACK of the entries, their removal,
--- one ZADD into DONE, scored by when it expires) and the
--- counts.
-local function succeeded_one(id, entry, ttl, acknowledged)
+-- one ZADD into DONE, scored by when it expires; a bucketed one's entry is acknowledged
+-- already and its bucket is DONE's member) and the counts.
+local function succeeded_one(id, entry, ttl, bucketed)
   out[#out + 1] = '1'
   if entry and entry ~= '' then
-    if not acknowledged then ok_entries[#ok_entries + 1] = entry end
+    if not bucketed then ok_entries[#ok_entries + 1] = entry end
     removed[#removed + 1] = entry
   end
-  ok_done[#ok_done + 1] = expiry(ttl)
-  ok_done[#ok_done + 1] = id
+  if not bucketed then
+    ok_done[#ok_done + 1] = expiry(ttl)
+    ok_done[#ok_done + 1] = id
+  end
   notify(id, S_SUCCEEDED)
   succeeded = succeeded + 1
 end
@@ -256,11 +259,13 @@ for second, fields in pairs(fin_fields) do
   if redis.call('PTTL', bucket) < fin_ttl[second] then
     redis.call('PEXPIRE', bucket, fin_ttl[second])
   end
+  -- DONE lists a bucket's tasks by one member, '@<second>', scored by when the bucket
+  -- expires (ZADD GT below: a longer-kept task moves it later, never earlier).
+  ok_done[#ok_done + 1] = string.format('%d', now + fin_ttl[second])
+  ok_done[#ok_done + 1] = '@' .. second
 end
-if #ok_done > 0 then
-  call_in_slices('XACK', STREAM, GROUP, ok_entries, 1000)
-  call_in_slices('ZADD', DONE, nil, ok_done, 1000)
-end
+call_in_slices('XACK', STREAM, GROUP, ok_entries, 1000)
+call_in_slices('ZADD', DONE, 'GT', ok_done, 1000)
 -- DONE is trimmed up to now with the stream (readers skip a member whose task is gone).
 if trim then redis.call('ZREMRANGEBYSCORE', DONE, '-inf', now) end
 if succeeded > 0 then count('succeeded', succeeded, now) end

@@ -71,6 +71,10 @@ pub struct ListPage {
     pub next_offset: Option<u64>,
 }
 
+/// Offsets of [`Broker::list_tasks`] per DONE member: a finished bucket holds fewer tasks
+/// than this (one second of a queue's first-attempt successes).
+pub(crate) const BUCKET_OFFSETS: u64 = 1 << 24;
+
 /// What `get.lua` answers per task: its record's fields (empty when it does not exist) and its
 /// errors list.
 type StoredTask = (HashMap<String, Vec<u8>>, Vec<String>);
@@ -367,7 +371,8 @@ impl Broker {
         }
     }
 
-    /// Lists a queue's tasks in `state`, newest first, optionally of one type, from `offset`.
+    /// Lists a queue's tasks in `state`, newest first, optionally of one type, from `offset`
+    /// (0, or a previous page's `next_offset`).
     pub async fn list_tasks(
         &self,
         queue: &str,
@@ -376,6 +381,11 @@ impl Broker {
         offset: u64,
         limit: u64,
     ) -> Result<ListPage> {
+        if matches!(state, TaskState::Succeeded | TaskState::Cancelled) {
+            return self
+                .list_finished(queue, state, task_type, offset, limit)
+                .await;
+        }
         // Read candidates in windows from the state's index and filter by the record's state
         // (an index may briefly hold a task that just moved on) and by type.
         let mut page = ListPage::default();
@@ -413,6 +423,104 @@ impl Broker {
         }
         page.next_offset = Some(position);
         Ok(page)
+    }
+
+    /// [`Broker::list_tasks`] for the states DONE lists. A DONE member is a task, or a whole
+    /// finished bucket (`@<second>`, see `complete.lua`), whose tasks are listed newest first.
+    /// So an offset names a member and a task within it: the member's rank in DONE times
+    /// [`BUCKET_OFFSETS`], plus the task's place in its bucket.
+    async fn list_finished(
+        &self,
+        queue: &str,
+        state: TaskState,
+        task_type: Option<&str>,
+        offset: u64,
+        limit: u64,
+    ) -> Result<ListPage> {
+        let mut page = ListPage::default();
+        let (mut rank, mut within) = (offset / BUCKET_OFFSETS, offset % BUCKET_OFFSETS);
+        let window = (limit * 2).clamp(50, 1000);
+        let mut budget = limit * 20 + 1000;
+        let done = self.keys.queue_key(queue, DONE);
+        loop {
+            let mut con = self.con.clone();
+            let members: Vec<String> = self
+                .timed(
+                    redis::cmd("ZRANGE")
+                        .arg(&done)
+                        .arg(rank)
+                        .arg(rank + window - 1)
+                        .arg("REV")
+                        .query_async(&mut con),
+                )
+                .await?;
+            // The candidates, in order: (offset after it, task).
+            let mut candidates: Vec<(u64, String)> = Vec::new();
+            let seconds: Vec<u64> = members
+                .iter()
+                .filter_map(|m| m.strip_prefix('@')?.parse().ok())
+                .collect();
+            let mut buckets = Vec::new();
+            if state == TaskState::Succeeded && !seconds.is_empty() {
+                let mut pipe = redis::pipe();
+                for second in &seconds {
+                    pipe.cmd("HKEYS")
+                        .arg(self.keys.finished_bucket(queue, *second));
+                }
+                let mut con = self.con.clone();
+                buckets = self.timed(pipe.query_async(&mut con)).await?;
+            }
+            let mut buckets = buckets.into_iter();
+            for (i, member) in members.iter().enumerate() {
+                let at = rank + i as u64;
+                if member.starts_with('@') {
+                    if state != TaskState::Succeeded {
+                        continue;
+                    }
+                    let mut locals: Vec<String> = buckets.next().unwrap_or_default();
+                    locals.sort_unstable_by_key(|local| {
+                        std::cmp::Reverse(crate::task::stream_id_parts(local))
+                    });
+                    let skip = if at == rank { within } else { 0 };
+                    for (j, local) in locals.into_iter().enumerate().skip(skip as usize) {
+                        candidates.push((at * BUCKET_OFFSETS + j as u64 + 1, local));
+                    }
+                } else if at != rank || within == 0 {
+                    candidates.push(((at + 1) * BUCKET_OFFSETS, member.clone()));
+                }
+            }
+            for chunk in candidates.chunks(window as usize) {
+                let locals: Vec<String> = chunk.iter().map(|(_, l)| l.clone()).collect();
+                let records = self.task_summaries(queue, &locals).await?;
+                let mut by_local: HashMap<String, TaskRecord> = records
+                    .into_iter()
+                    .map(|r| (r.id.local().to_owned(), r))
+                    .collect();
+                for (next, local) in chunk {
+                    budget = budget.saturating_sub(1);
+                    let Some(record) = by_local.remove(local) else {
+                        continue;
+                    };
+                    if record.state != state || task_type.is_some_and(|t| t != record.task_type) {
+                        continue;
+                    }
+                    page.tasks.push(record);
+                    if page.tasks.len() as u64 == limit || budget == 0 {
+                        page.next_offset = Some(*next);
+                        return Ok(page);
+                    }
+                }
+                if budget == 0 {
+                    page.next_offset = chunk.last().map(|(next, _)| *next);
+                    return Ok(page);
+                }
+            }
+            if (members.len() as u64) < window {
+                return Ok(page);
+            }
+            rank += window;
+            within = 0;
+        }
     }
 
     async fn index_window(
@@ -473,6 +581,7 @@ impl Broker {
             TaskState::Scheduled => sorted_set(SCHEDULED),
             TaskState::Retrying => sorted_set(RETRYING),
             TaskState::Dead => sorted_set(DEAD),
+            // (list_finished lists these: a DONE member may be a whole finished bucket.)
             TaskState::Succeeded | TaskState::Cancelled => sorted_set(DONE),
         };
         self.timed(command.query_async(&mut con)).await

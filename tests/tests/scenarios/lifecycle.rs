@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use tarefa_client::SubmitOptions;
-use tarefa_client::builtin::{Echo, Fail, Fib, Sleep};
+use tarefa_client::builtin::{Echo, Fail, Fib, Flaky, Sleep};
 use tarefa_proto::{self as pb, TaskState};
 use tarefa_tests::{Harness, Process, binary, eventually};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -42,6 +42,142 @@ async fn wait_gone(h: &Harness, task_id: &str, within: Duration) {
         }
     })
     .await;
+}
+
+/// Succeeded tasks are listed from two kinds of `done` members: a task with a record (here,
+/// one that succeeded after a retry) is a member of its own; the first-attempt successes of a
+/// second's finished bucket share one. Pages of 7 over both kinds, and over buckets of several
+/// seconds, list every succeeded task exactly once, newest bucket first; the CANCELLED list
+/// and a type filter see none of the bucketed tasks; `done` holds one member per bucket.
+#[tokio::test]
+async fn finished_tasks_are_listed_in_pages_across_buckets_and_records() -> anyhow::Result<()> {
+    let h = Harness::builder().executors(1).start().await?;
+    let second_now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or_default()
+    };
+    let mut bucketed: Vec<(u64, String)> = Vec::new();
+    for round in 0..3 {
+        let handles = h
+            .client
+            .submit_many(
+                (0..15).map(|i| Echo(serde_json::json!(i))),
+                &SubmitOptions::default(),
+            )
+            .await?;
+        for handle in &handles {
+            let task = h.wait_final(handle.id(), Duration::from_secs(20)).await;
+            assert_eq!(task.state(), TaskState::Succeeded);
+            let id = tarefa_queue::TaskId::parse(handle.id())?;
+            let ms = id.entry_ms().expect("born in the stream");
+            bucketed.push((ms, handle.id().to_owned()));
+        }
+        if round < 2 {
+            // The next round is born in a later second: another bucket.
+            let last = bucketed
+                .iter()
+                .map(|(ms, _)| ms / 1000)
+                .max()
+                .unwrap_or_default();
+            eventually("the next second", Duration::from_secs(3), || async {
+                (second_now() > last).then_some(())
+            })
+            .await;
+        }
+    }
+    let options = SubmitOptions {
+        max_attempts: Some(3),
+        backoff_initial: Some(Duration::from_millis(50)),
+        backoff_max: Some(Duration::from_millis(50)),
+        ..Default::default()
+    };
+    let mut recorded = Vec::new();
+    for _ in 0..3 {
+        let flaky = h
+            .client
+            .submit_with(Flaky { failures: 1 }, &options)
+            .await?;
+        assert_eq!(flaky.wait().await?, 2);
+        recorded.push(flaky.id().to_owned());
+    }
+    let cancelled = h
+        .client
+        .submit_with(
+            Sleep { ms: 1 },
+            &SubmitOptions {
+                delay: Some(Duration::from_secs(3600)),
+                ..Default::default()
+            },
+        )
+        .await?;
+    h.client.cancel(cancelled.id()).await?;
+
+    let pages = |state: TaskState, task_type: &str| {
+        let client = h.client.clone();
+        let task_type = task_type.to_owned();
+        async move {
+            let mut ids = Vec::new();
+            let mut token = String::new();
+            for _ in 0..100 {
+                let page = client
+                    .list_tasks(pb::ListTasksRequest {
+                        queue: "default".to_owned(),
+                        state: state as i32,
+                        task_type: task_type.clone(),
+                        page_size: 7,
+                        page_token: token.clone(),
+                    })
+                    .await
+                    .expect("list tasks");
+                assert!(page.tasks.len() <= 7);
+                ids.extend(page.tasks.into_iter().map(|t| t.task_id));
+                if page.next_page_token.is_empty() {
+                    return ids;
+                }
+                token = page.next_page_token;
+            }
+            panic!("more than 100 pages");
+        }
+    };
+    let succeeded = pages(TaskState::Succeeded, "").await;
+    let unique: BTreeSet<&String> = succeeded.iter().collect();
+    assert_eq!(unique.len(), succeeded.len(), "listed twice: {succeeded:?}");
+    let expected: BTreeSet<&String> = bucketed.iter().map(|(_, id)| id).chain(&recorded).collect();
+    assert_eq!(unique, expected);
+    // The bucketed tasks come newest bucket first.
+    let seconds: Vec<u64> = succeeded
+        .iter()
+        .filter_map(|id| bucketed.iter().find(|(_, b)| b == id))
+        .map(|(ms, _)| ms / 1000)
+        .collect();
+    assert!(
+        seconds.windows(2).all(|w| w[0] >= w[1]),
+        "not newest bucket first: {seconds:?}"
+    );
+    assert_eq!(pages(TaskState::Succeeded, "flaky").await.len(), 3);
+    assert_eq!(
+        pages(TaskState::Cancelled, "").await,
+        vec![cancelled.id().to_owned()]
+    );
+    let members: Vec<String> = redis::cmd("ZRANGE")
+        .arg("tarefa:{default}:done")
+        .arg(0)
+        .arg(-1)
+        .query(&mut h.redis.connection())?;
+    let distinct: BTreeSet<u64> = bucketed.iter().map(|(ms, _)| ms / 1000).collect();
+    assert_eq!(
+        members.iter().filter(|m| m.starts_with('@')).count(),
+        distinct.len(),
+        "one member per bucket: {members:?}"
+    );
+    assert_eq!(
+        members.len(),
+        distinct.len() + recorded.len() + 1,
+        "{members:?}"
+    );
+    Ok(())
 }
 
 /// The ids of `queue`'s tasks in `state`, as ListTasks gives them.

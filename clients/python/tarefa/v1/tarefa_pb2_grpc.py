@@ -170,7 +170,9 @@ class SchedulerServicer:
         """Lists a queue's tasks in one state, newest first, paged. Each row is a summary: no
         payload, no result and no error history (last_error is there); GetTask has them.
         SUCCEEDED and CANCELLED tasks are listed for as long as they can be read, ordered by when
-        they expire (newest first among tasks kept for the same result TTL).
+        they expire (newest first among tasks kept for the same result TTL). Tasks that succeeded
+        at their first attempt are listed a second of submits at a time, newest first, at the
+        place of that second's longest-kept task. Page tokens are opaque.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
