@@ -20,8 +20,6 @@ use crate::worker::Shared;
 
 /// Most outcomes written by one script call.
 pub(crate) const OUTCOME_BATCH: usize = 256;
-/// How long the writer waits for more outcomes before it trims what it left in the streams.
-const TRIM_WHEN_IDLE: Duration = Duration::from_millis(20);
 /// Tries for an outcome whose write fails for another reason than Redis being unreachable.
 pub(crate) const MAX_DETERMINISTIC_FAILURES: u32 = 5;
 
@@ -41,30 +39,7 @@ pub(crate) async fn write_outcomes(shared: Arc<Shared>, mut receiver: mpsc::Rece
     let mut closed = false;
     loop {
         if waiting.is_empty() {
-            if closed {
-                return;
-            }
-            let received = if shared.broker.has_untrimmed() {
-                // Idle for a moment with finished entries left in a stream: trim them, so a
-                // queue at rest keeps none (busy, the writes themselves trim every so often).
-                match tokio::time::timeout(
-                    TRIM_WHEN_IDLE,
-                    receiver.recv_many(&mut incoming, OUTCOME_BATCH),
-                )
-                .await
-                {
-                    Ok(received) => received,
-                    Err(_) => {
-                        if let Err(error) = shared.broker.trim_finished(&shared.executor_id).await {
-                            tracing::debug!(%error, "trimming finished entries failed; the next write trims them");
-                        }
-                        continue;
-                    }
-                }
-            } else {
-                receiver.recv_many(&mut incoming, OUTCOME_BATCH).await
-            };
-            if received == 0 {
+            if closed || receiver.recv_many(&mut incoming, OUTCOME_BATCH).await == 0 {
                 return;
             }
             // Group commit: let the attempts that are about to finish (woken with this one)

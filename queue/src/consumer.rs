@@ -272,7 +272,7 @@ impl Broker {
     }
 
     /// Whether some queue's stream still holds entries this process acknowledged and did not
-    /// trim: the executor's writer calls [`Broker::trim_finished`] once it is idle.
+    /// trim: the executor's heartbeat then calls [`Broker::trim_finished`].
     pub fn has_untrimmed(&self) -> bool {
         self.untrimmed
             .lock()
@@ -312,7 +312,7 @@ impl Broker {
     ///
     /// Acknowledged entries leave the stream by a trim that costs a call several times a
     /// task's share of it, so a call trims only every [`TRIM_EVERY`] outcomes of its queue (and
-    /// [`Broker::trim_finished`] once the executor is idle); readers already tell finished
+    /// [`Broker::trim_finished`] at every heartbeat); readers already tell finished
     /// entries apart.
     pub async fn complete(
         &self,

@@ -791,7 +791,7 @@ async fn retry_dead_tasks_requeues_each_once() -> anyhow::Result<()> {
 
 /// Finished entries leave the stream by trimming behind the oldest running task, never by
 /// being counted as waiting: while a long task pins the trim point the finished entries stay
-/// (and the queue still reads 0 queued, 1 running); once it ends and the executor is idle,
+/// (and the queue still reads 0 queued, 1 running); once it ends and its executor beats,
 /// the stream empties.
 #[tokio::test]
 async fn finished_entries_are_trimmed_and_never_counted_as_queued() -> anyhow::Result<()> {
@@ -824,7 +824,7 @@ async fn finished_entries_are_trimmed_and_never_counted_as_queued() -> anyhow::R
     );
     let task = h.wait_final(long.id(), Duration::from_secs(20)).await;
     assert_eq!(task.state(), TaskState::Succeeded);
-    // Once the executor is idle, it trims everything before the first entry not yet
+    // At its next heartbeat the executor trims everything before the first entry not yet
     // delivered.
     let next = h.client.submit(Sleep { ms: 1 }).await?;
     h.wait_final(next.id(), Duration::from_secs(20)).await;
