@@ -1,8 +1,8 @@
 -- Records the outcomes of a batch of attempts and acknowledges their entries.
 -- ARGV: dead ttl (ms), executor id, the smallest and the largest outcome id that is a stream
 -- entry id (both empty when none is), trim (1: also trim acknowledged entries off the stream,
--- see remove_acknowledged; the executor asks every so many outcomes, and once idle with no
--- outcome at all), then 8 values per outcome:
+-- see remove_acknowledged; the executor asks every so many outcomes, and at its heartbeat
+-- with no outcome at all), then 8 values per outcome:
 --   id, fencing token (the claim's `f`), then, for the success of a task claimed without a
 --   record (the fast path), its finished record packed by the executor (queue/src/record.rs,
 --   `Finished`: all of it but the finish time and the result's bytes), its birth second and
@@ -38,16 +38,19 @@ local ok_entries, ok_done, removed = {}, {}, {}
 -- Birth second -> the finished bucket's field/value list, and the longest TTL among them.
 local fin_fields, fin_ttl = {}, {}
 -- Runs `command key [prefix...] values...` in slices, so a large batch never exceeds Lua's
--- unpack limit (about 8000 values).
+-- unpack limit (about 8000 values). Returns the sum of the replies (XACK: entries
+-- acknowledged).
 local function call_in_slices(command, key, prefix, values, step)
+  local total = 0
   for i = 1, #values, step do
     local last = math.min(i + step - 1, #values)
     if prefix then
-      redis.call(command, key, prefix, unpack(values, i, last))
+      total = total + redis.call(command, key, prefix, unpack(values, i, last))
     else
-      redis.call(command, key, unpack(values, i, last))
+      total = total + redis.call(command, key, unpack(values, i, last))
     end
   end
+  return total
 end
 -- Acknowledged entries leave the stream by trimming rather than one XDEL each (an XDEL seeks
 -- its entry through its stream node: a tenth of Redis's work per task). Everything older than
@@ -143,12 +146,9 @@ end
 -- once the consumer group was lost or rewound and some entries went to another executor;
 -- then each not yet in its bucket is taken (its attempt ran; the entry was pending). An
 -- XPENDING of the rows instead costs about 10 k instructions a task, for the reply alone.
-local fast, acked_fast = {}, 0
+local fast = {}
 for _, id in ipairs(fast_ids) do fast[id] = true end
-for i = 1, #fast_ids, 1000 do
-  acked_fast = acked_fast + redis.call('XACK', STREAM, GROUP,
-    unpack(fast_ids, i, math.min(i + 999, #fast_ids)))
-end
+local acked_fast = call_in_slices('XACK', STREAM, GROUP, fast_ids, 1000)
 -- This executor's pending entries among the entry-named tasks of the batch, for outcomes of
 -- birth tasks other than a fast-path success (a failure materializes the record first): one
 -- XPENDING over the range the executor worked out, read only when one is needed.

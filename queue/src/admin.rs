@@ -386,8 +386,7 @@ impl Broker {
                 .list_finished(queue, state, task_type, offset, limit)
                 .await;
         }
-        // Read candidates in windows from the state's index and filter by the record's state
-        // (an index may briefly hold a task that just moved on) and by type.
+        // Read candidates in windows from the state's index and keep the listable ones.
         let mut page = ListPage::default();
         let mut position = offset;
         let window = (limit * 2).clamp(50, 1000);
@@ -398,18 +397,11 @@ impl Broker {
             if scanned == 0 {
                 return Ok(page);
             }
-            let records = self.task_summaries(queue, &locals).await?;
-            let mut by_local: HashMap<String, TaskRecord> = records
-                .into_iter()
-                .map(|r| (r.id.local().to_owned(), r))
-                .collect();
+            let mut listable = self.listable(queue, &locals, state, task_type).await?;
             for (i, local) in locals.iter().enumerate() {
-                let Some(record) = by_local.remove(local) else {
+                let Some(record) = listable.remove(local) else {
                     continue;
                 };
-                if record.state != state || task_type.is_some_and(|t| t != record.task_type) {
-                    continue;
-                }
                 page.tasks.push(record);
                 if page.tasks.len() as u64 == limit {
                     page.next_offset = Some(position + i as u64 + 1);
@@ -491,19 +483,12 @@ impl Broker {
             }
             for chunk in candidates.chunks(window as usize) {
                 let locals: Vec<String> = chunk.iter().map(|(_, l)| l.clone()).collect();
-                let records = self.task_summaries(queue, &locals).await?;
-                let mut by_local: HashMap<String, TaskRecord> = records
-                    .into_iter()
-                    .map(|r| (r.id.local().to_owned(), r))
-                    .collect();
+                let mut listable = self.listable(queue, &locals, state, task_type).await?;
                 for (next, local) in chunk {
                     budget = budget.saturating_sub(1);
-                    let Some(record) = by_local.remove(local) else {
+                    let Some(record) = listable.remove(local) else {
                         continue;
                     };
-                    if record.state != state || task_type.is_some_and(|t| t != record.task_type) {
-                        continue;
-                    }
                     page.tasks.push(record);
                     if page.tasks.len() as u64 == limit || budget == 0 {
                         page.next_offset = Some(*next);
@@ -521,6 +506,24 @@ impl Broker {
             rank += window;
             within = 0;
         }
+    }
+
+    /// The summaries of `locals` that a list of `state` (and `task_type`) shows, by local id:
+    /// an index may briefly hold a task that just moved on, or one that is gone.
+    async fn listable(
+        &self,
+        queue: &str,
+        locals: &[String],
+        state: TaskState,
+        task_type: Option<&str>,
+    ) -> Result<HashMap<String, TaskRecord>> {
+        Ok(self
+            .task_summaries(queue, locals)
+            .await?
+            .into_iter()
+            .filter(|r| r.state == state && task_type.is_none_or(|t| t == r.task_type))
+            .map(|r| (r.id.local().to_owned(), r))
+            .collect())
     }
 
     async fn index_window(

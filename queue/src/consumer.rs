@@ -9,6 +9,7 @@ use redis::aio::ConnectionManager;
 
 use crate::broker::Broker;
 use crate::keys::{ENTRY_TASK_FIELD, GROUP, STREAM};
+use crate::scripts::Invocation;
 use crate::spec;
 use crate::task::{Birth, ClaimedTask, Completion, Outcome, TaskId, stream_id_parts};
 use crate::{Error, Result};
@@ -276,7 +277,7 @@ impl Broker {
     pub fn has_untrimmed(&self) -> bool {
         self.untrimmed
             .lock()
-            .is_ok_and(|untrimmed| untrimmed.values().any(|u| u.outcomes > 0 || u.piling))
+            .is_ok_and(|untrimmed| untrimmed.values().any(Untrimmed::due))
     }
 
     /// Trims every queue stream this process acknowledged entries of since its last trim, so
@@ -285,24 +286,38 @@ impl Broker {
         let queues: Vec<String> = match self.untrimmed.lock() {
             Ok(untrimmed) => untrimmed
                 .iter()
-                .filter(|(_, u)| u.outcomes > 0 || u.piling)
+                .filter(|(_, u)| u.due())
                 .map(|(queue, _)| queue.clone())
                 .collect(),
             Err(_) => return Ok(()),
         };
         for queue in queues {
-            let mut invocation = self.scripts.complete.key(self.keys.queue_prefix(&queue));
-            invocation
-                .arg(self.config.dead_ttl.as_millis() as u64)
-                .arg(executor_id)
-                .arg("")
-                .arg("")
-                .arg(1);
+            // A call with no outcome: the trim alone.
+            let invocation = self.complete_call(&queue, executor_id, ("", ""), true);
             let mut con = self.con.clone();
             let reply: Vec<u8> = self.timed(invocation.invoke_async(&mut con)).await?;
             self.book_trim(&queue, true, 0, reply == b"x");
         }
         Ok(())
+    }
+
+    /// A call of `complete.lua` for `queue` with its leading arguments (see the script);
+    /// the outcomes follow.
+    fn complete_call(
+        &self,
+        queue: &str,
+        executor_id: &str,
+        (lowest, highest): (&str, &str),
+        trim: bool,
+    ) -> Invocation<'_> {
+        let mut invocation = self.scripts.complete.key(self.keys.queue_prefix(queue));
+        invocation
+            .arg(self.config.dead_ttl.as_millis() as u64)
+            .arg(executor_id)
+            .arg(lowest)
+            .arg(highest)
+            .arg(u8::from(trim));
+        invocation
     }
 
     /// Writes the outcomes of `executor_id`'s attempts (any mix of queues), one script call per
@@ -328,8 +343,8 @@ impl Broker {
         }
         let mut written: Vec<Option<Result<Written>>> = completions.iter().map(|_| None).collect();
         for (queue, indexes) in by_queue {
-            let mut invocation = self.scripts.complete.key(self.keys.queue_prefix(queue));
-            // The range of entry-named tasks in the batch, for the script's one XPENDING.
+            // The range of entry-named tasks in the batch, for the script's XPENDING (read only
+            // when the outcome of a birth task that is not a fast-path success needs it).
             let entry_named = indexes.iter().filter_map(|&index| {
                 let local = completions[index].id.local();
                 stream_id_parts(local).map(|parts| (parts, local))
@@ -341,12 +356,7 @@ impl Broker {
                 highest.map_or("", |(_, l)| l),
             );
             let trim = self.trim_due(queue, indexes.len());
-            invocation
-                .arg(self.config.dead_ttl.as_millis() as u64)
-                .arg(executor_id)
-                .arg(lowest)
-                .arg(highest)
-                .arg(u8::from(trim));
+            let mut invocation = self.complete_call(queue, executor_id, (lowest, highest), trim);
             for &index in &indexes {
                 let completion = completions[index];
                 invocation.arg(completion.id.local()).arg(completion.fence);
@@ -740,6 +750,13 @@ pub(crate) struct Untrimmed {
     /// The last trim found acknowledged entries piling up behind a long task (they are then
     /// deleted one by one): every call trims until they no longer do.
     piling: bool,
+}
+
+impl Untrimmed {
+    /// Whether its stream has entries for the heartbeat to trim.
+    fn due(&self) -> bool {
+        self.outcomes > 0 || self.piling
+    }
 }
 
 /// What became of one outcome handed to [`Broker::complete`].

@@ -543,6 +543,27 @@ impl Harness {
         Ok(ids)
     }
 
+    /// Submits `n` `echo` tasks to the default queue in one `SubmitTasks` (payloads 0..n) and
+    /// waits for each to end: their ids and final states, in submit order.
+    pub async fn echoes_finished(
+        &self,
+        n: usize,
+    ) -> anyhow::Result<Vec<(String, tarefa_proto::Task)>> {
+        let handles = self
+            .client
+            .submit_many(
+                (0..n).map(|i| tarefa_client::builtin::Echo(serde_json::json!(i))),
+                &tarefa_client::SubmitOptions::default(),
+            )
+            .await?;
+        let mut finished = Vec::with_capacity(n);
+        for handle in handles {
+            let task = self.wait_final(handle.id(), Duration::from_secs(20)).await;
+            finished.push((handle.id().to_owned(), task));
+        }
+        Ok(finished)
+    }
+
     /// Waits until `task_id` is in a final state and returns it.
     pub async fn wait_final(&self, task_id: &str, within: Duration) -> tarefa_proto::Task {
         let client = self.client.clone();

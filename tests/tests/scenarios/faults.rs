@@ -500,31 +500,20 @@ async fn a_lost_consumer_group_does_not_run_finished_tasks_again() -> anyhow::Re
     let long = h.client.submit(Sleep { ms: 60_000 }).await?;
     h.wait_state(long.id(), TaskState::Running, Duration::from_secs(10))
         .await;
-    let echoes = h
-        .client
-        .submit_many(
-            (0..20).map(|i| Echo(serde_json::json!(i))),
-            &SubmitOptions::default(),
-        )
-        .await?;
+    let echoes = h.echoes_finished(20).await?;
     let mut finished = Vec::new();
-    for echo in &echoes {
-        let task = h.wait_final(echo.id(), Duration::from_secs(20)).await;
+    for (echo, task) in &echoes {
         assert_eq!(task.state(), TaskState::Succeeded, "{:?}", task.errors);
         // On the fast path: no record of its own, a field of its bucket.
-        let id = tarefa_queue::TaskId::parse(echo.id())?;
+        let id = tarefa_queue::TaskId::parse(echo)?;
         let ms = id.entry_ms().expect("a task due now is named by its entry");
         let record = has_record(&mut con, id.local())?;
         let bucketed: i64 = redis::cmd("HEXISTS")
             .arg(format!("tarefa:{{default}}:fin:{}", ms / 1000))
             .arg(id.local())
             .query(&mut con)?;
-        assert_eq!((record, bucketed), (false, 1), "{}", echo.id());
-        finished.push((
-            echo.id().to_owned(),
-            id.local().to_owned(),
-            task.finished_at_ms,
-        ));
+        assert_eq!((record, bucketed), (false, 1), "{echo}");
+        finished.push((echo.clone(), id.local().to_owned(), task.finished_at_ms));
     }
     let stream = "tarefa:{default}:stream";
     let length: usize = redis::cmd("XLEN").arg(stream).query(&mut con)?;
@@ -838,15 +827,7 @@ async fn a_flushed_function_library_is_loaded_again() -> anyhow::Result<()> {
         let _: String = redis::cmd("FUNCTION")
             .arg("FLUSH")
             .query(&mut h.redis.connection())?;
-        let handles = h
-            .client
-            .submit_many(
-                (0..20).map(|i| Echo(serde_json::json!(i))),
-                &SubmitOptions::default(),
-            )
-            .await?;
-        for handle in &handles {
-            let task = h.wait_final(handle.id(), Duration::from_secs(20)).await;
+        for (_, task) in h.echoes_finished(20).await? {
             assert_eq!(
                 task.state(),
                 TaskState::Succeeded,

@@ -60,19 +60,11 @@ async fn finished_tasks_are_listed_in_pages_across_buckets_and_records() -> anyh
     };
     let mut bucketed: Vec<(u64, String)> = Vec::new();
     for round in 0..3 {
-        let handles = h
-            .client
-            .submit_many(
-                (0..15).map(|i| Echo(serde_json::json!(i))),
-                &SubmitOptions::default(),
-            )
-            .await?;
-        for handle in &handles {
-            let task = h.wait_final(handle.id(), Duration::from_secs(20)).await;
+        for (handle, task) in h.echoes_finished(15).await? {
             assert_eq!(task.state(), TaskState::Succeeded);
-            let id = tarefa_queue::TaskId::parse(handle.id())?;
+            let id = tarefa_queue::TaskId::parse(&handle)?;
             let ms = id.entry_ms().expect("born in the stream");
-            bucketed.push((ms, handle.id().to_owned()));
+            bucketed.push((ms, handle));
         }
         if round < 2 {
             // The next round is born in a later second: another bucket.
