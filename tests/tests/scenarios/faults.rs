@@ -504,17 +504,31 @@ async fn a_lost_consumer_group_does_not_run_finished_tasks_again() -> anyhow::Re
     let mut finished = Vec::new();
     for (echo, task) in &echoes {
         assert_eq!(task.state(), TaskState::Succeeded, "{:?}", task.errors);
-        // On the fast path: no record of its own, a field of its bucket.
+        // On the fast path: no record of its own, a field of its bucket. (Or, held by the
+        // executor when a heartbeat renewed its lease, a record written then and no field:
+        // never both, never neither.)
         let id = tarefa_queue::TaskId::parse(echo)?;
         let ms = id.entry_ms().expect("a task due now is named by its entry");
         let record = has_record(&mut con, id.local())?;
-        let bucketed: i64 = redis::cmd("HEXISTS")
+        let bucketed: bool = redis::cmd("HEXISTS")
             .arg(format!("tarefa:{{default}}:fin:{}", ms / 1000))
             .arg(id.local())
             .query(&mut con)?;
-        assert_eq!((record, bucketed), (false, 1), "{echo}");
-        finished.push((echo.clone(), id.local().to_owned(), task.finished_at_ms));
+        assert!(
+            record != bucketed,
+            "{echo}: record {record}, bucketed {bucketed}"
+        );
+        finished.push((
+            echo.clone(),
+            id.local().to_owned(),
+            task.finished_at_ms,
+            bucketed,
+        ));
     }
+    assert!(
+        finished.iter().any(|(.., bucketed)| *bucketed),
+        "no echo was bucketed"
+    );
     let stream = "tarefa:{default}:stream";
     let length: usize = redis::cmd("XLEN").arg(stream).query(&mut con)?;
     assert!(
@@ -547,7 +561,7 @@ async fn a_lost_consumer_group_does_not_run_finished_tasks_again() -> anyhow::Re
         "a finished task ran again"
     );
     let log = h.executors[0].log();
-    for (id, local, finished_at) in &finished {
+    for (id, local, finished_at, bucketed) in &finished {
         let named = format!("task_id={id} ");
         let runs = log
             .lines()
@@ -557,7 +571,9 @@ async fn a_lost_consumer_group_does_not_run_finished_tasks_again() -> anyhow::Re
         let task = h.client.get(id).await?;
         assert_eq!(task.state(), TaskState::Succeeded);
         assert_eq!(task.finished_at_ms, *finished_at, "{id} was written again");
-        assert!(!has_record(&mut con, local)?, "{id} got a record");
+        if *bucketed {
+            assert!(!has_record(&mut con, local)?, "{id} got a record");
+        }
     }
     h.client.cancel(long.id()).await?;
     Ok(())
